@@ -1,0 +1,60 @@
+# Horovod/MPI training template with a network preflight. `make` alone lists the targets.
+# Variables given on the command line (make train EPOCHS=5) reach the scripts as environment.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+N ?= 3
+REPORT ?= preflight.json
+export VENV REPORT
+
+.PHONY: help setup preflight train test test-unit lint bench cluster-up cluster-down \
+        cluster-status cluster-exec cluster-fault new-project clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+	@echo "Variables: see README.md (HOSTS, INVENTORY, HOSTFILE, NP, EPOCHS, GPU=1, ...)"
+
+setup: ## install system packages, the venv and Horovod (does nothing when done)
+	@bash scripts/setup.sh
+
+preflight: setup ## check every host, write hostfile and preflight.json (HOSTS=, INVENTORY=)
+	@$(PY) -m preflight $(if $(HOSTS),--hosts "$(HOSTS)") $(if $(INVENTORY),--inventory "$(INVENTORY)") \
+		--hostfile "$(or $(HOSTFILE),hostfile)" --report "$(REPORT)" $(PREFLIGHT_ARGS)
+
+train: setup ## preflight, then horovodrun template/train.py (HOSTFILE=, NP=, EPOCHS=, RESUME=, ...)
+	@bash scripts/train.sh
+
+test: setup ## run the whole test suite (unit and simulated cluster; needs root for the cluster)
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup ## run the tests that need no cluster
+	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: setup ## ruff over the code
+	@$(VENV)/bin/ruff check scripts template tests bench
+
+bench: setup ## benchmarks on the simulated cluster; figures to bench/results/
+	@$(PY) bench/run.py $(BENCH_ARGS)
+
+cluster-up: ## simulated cluster of N hosts in network namespaces (N=3, CLUSTER_OPTS=)
+	@bash scripts/cluster.sh up $(N) $(CLUSTER_OPTS)
+
+cluster-down: ## remove the simulated cluster and everything it made
+	@bash scripts/cluster.sh down
+
+cluster-status: ## hosts, addresses, sshd and faults of the simulated cluster
+	@bash scripts/cluster.sh status
+
+cluster-exec: ## run CMD on simulated host HOST (make cluster-exec HOST=h1 CMD='make train')
+	@bash scripts/cluster.sh exec "$(HOST)" bash -c "$(CMD)"
+
+cluster-fault: ## inject or remove a fault (HOST=h2 FAULT=firewall STATE=on|off VALUE=)
+	@bash scripts/cluster.sh fault "$(HOST)" "$(FAULT)" "$(or $(STATE),on)" $(VALUE)
+
+new-project: ## copy the template into a new project (DEST=../my-project)
+	@bash scripts/new_project.sh "$(DEST)"
+
+clean: ## remove outputs (runs/, hostfile, preflight.json, caches); keeps the venv
+	rm -rf runs bench/results hostfile hostfile.healthy preflight.json .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

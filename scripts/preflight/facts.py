@@ -1,0 +1,151 @@
+"""A typed view of the probe's JSON: what the checks read instead of raw dictionaries."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+IpInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+IpAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    ipv4: tuple[ipaddress.IPv4Interface, ...] = ()
+    ipv6: tuple[ipaddress.IPv6Interface, ...] = ()
+    mac: str | None = None
+    mtu: int = 0
+    speed: int = 0  # Mbit/s, 0 when unknown
+    isup: bool = False
+    loopback: bool = False
+    virtual: bool = False
+    bridge: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Interface:
+        return cls(
+            name=d["name"],
+            ipv4=tuple(i for i in _interfaces(d.get("ipv4", ())) if i.version == 4),
+            ipv6=tuple(i for i in _interfaces(d.get("ipv6", ())) if i.version == 6),
+            mac=d.get("mac"), mtu=int(d.get("mtu") or 0), speed=int(d.get("speed") or 0),
+            isup=bool(d.get("isup")), loopback=bool(d.get("loopback")),
+            virtual=bool(d.get("virtual")), bridge=bool(d.get("bridge")),
+        )
+
+    def summary(self) -> str:
+        addrs = " ".join(str(a) for a in self.ipv4) or "no IPv4"
+        kind = "bridge" if self.bridge else ("virtual" if self.virtual else "")
+        state = "up" if self.isup else "down"
+        parts = [self.name, addrs, f"mtu {self.mtu}", state, kind]
+        return " ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    addresses: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.addresses)
+
+    @property
+    def loopback(self) -> tuple[str, ...]:
+        return tuple(a for a in self.addresses if ipaddress.ip_address(a).is_loopback)
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    address: str
+    dev: str | None
+    mac: str | None
+    state: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Facts:
+    hostname: str
+    fqdn: str
+    time: float
+    python: str
+    executable: str
+    prefix: str
+    packages: dict[str, str | None]
+    horovod_build: dict[str, bool] | None
+    mpirun: str | None
+    interfaces: tuple[Interface, ...]
+    resolved: dict[str, Resolution]
+    physical_cores: int | None
+    logical_cores: int | None
+    gpus: int | None
+    memory_total: int | None
+    memory_available: int | None
+    project: str
+    disk_free: int | None
+    shm_total: int | None
+    shm_free: int | None
+    venv_python: str
+    venv_python_exists: bool
+    script: str
+    script_exists: bool
+    neighbours: tuple[Neighbour, ...] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Facts:
+        resolved = {name: Resolution(tuple(r.get("addresses") or ()), r.get("error"))
+                    for name, r in (d.get("resolved") or {}).items()}
+        neigh = d.get("neighbours")
+        return cls(
+            hostname=d["hostname"], fqdn=d.get("fqdn") or d["hostname"], time=float(d["time"]),
+            python=d.get("python", ""), executable=d.get("executable", ""),
+            prefix=d.get("prefix", ""), packages=dict(d.get("packages") or {}),
+            horovod_build=d.get("horovod_build"), mpirun=d.get("mpirun"),
+            interfaces=tuple(Interface.from_dict(i) for i in d.get("interfaces", ())),
+            resolved=resolved,
+            physical_cores=d.get("physical_cores"), logical_cores=d.get("logical_cores"),
+            gpus=d.get("gpus"), memory_total=d.get("memory_total"),
+            memory_available=d.get("memory_available"), project=d.get("project", ""),
+            disk_free=d.get("disk_free"), shm_total=d.get("shm_total"),
+            shm_free=d.get("shm_free"), venv_python=d.get("venv_python", ""),
+            venv_python_exists=bool(d.get("venv_python_exists")), script=d.get("script", ""),
+            script_exists=bool(d.get("script_exists")),
+            neighbours=None if neigh is None else tuple(
+                Neighbour(n["address"], n.get("dev"), n.get("mac"), tuple(n.get("state") or ()))
+                for n in neigh),
+            raw=d,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Facts:
+        return cls.from_dict(json.loads(text))
+
+    @property
+    def default_slots(self) -> int:
+        """GPUs where there are any, else physical cores (one process per core), at least 1."""
+        if self.gpus:
+            return self.gpus
+        return self.physical_cores or self.logical_cores or 1
+
+    @property
+    def tensorflow(self) -> str | None:
+        return self.packages.get("tensorflow") or self.packages.get("tensorflow-cpu")
+
+    def interface(self, name: str) -> Interface | None:
+        return next((i for i in self.interfaces if i.name == name), None)
+
+    def resolution(self, name: str) -> Resolution | None:
+        return self.resolved.get(name)
+
+
+def _interfaces(texts: Any) -> list[IpInterface]:
+    result = []
+    for text in texts:
+        try:
+            result.append(ipaddress.ip_interface(text))
+        except ValueError:
+            continue
+    return result

@@ -1,0 +1,98 @@
+"""What `make train` needs from a preflight report: whether it vouches for a hostfile, and the
+process count and interface to hand to horovodrun.
+
+    python -m preflight.launch vouches  --report R --hostfile H   # exit 0 if R wrote H as it is
+    python -m preflight.launch settings --report R --hostfile H [--np N]   # prints "NP IFACE"
+
+Errors are one line that names the problem and the fix, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+
+class LaunchError(Exception):
+    """Bad input for a launch: the message names the problem and the fix."""
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_report(report: Path) -> dict:
+    if not report.is_file():
+        raise LaunchError(f"{report} does not exist: run make preflight first")
+    try:
+        return json.loads(report.read_text())
+    except json.JSONDecodeError as exc:
+        raise LaunchError(f"{report} is not valid JSON ({exc}): run make preflight again") from exc
+
+
+def hostfile_slots(hostfile: Path) -> int:
+    """Total slots of an Open MPI hostfile ('host slots=N' lines)."""
+    if not hostfile.is_file():
+        raise LaunchError(f"hostfile {hostfile} does not exist: run make preflight, or give "
+                          f"HOSTFILE=path of an existing file")
+    total = 0
+    for line in hostfile.read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        slots = [w.split("=", 1)[1] for w in words[1:] if w.startswith("slots=")]
+        total += int(slots[0]) if slots and slots[0].isdigit() else 1
+    if total == 0:
+        raise LaunchError(f"hostfile {hostfile} lists no hosts: add 'host slots=N' lines or run "
+                          f"make preflight")
+    return total
+
+
+def vouches(report: dict, hostfile: Path) -> bool:
+    """True if the report wrote this hostfile, byte for byte (its hash is in the provenance)."""
+    want = report.get("provenance", {}).get("hostfile_sha256")
+    return bool(want) and hostfile.is_file() and file_sha256(hostfile) == want
+
+
+def settings(report: dict, hostfile: Path, np_override: int | None) -> tuple[int, str]:
+    slots = hostfile_slots(hostfile)
+    if not vouches(report, hostfile):
+        raise LaunchError(f"the preflight report does not vouch for {hostfile} (it was changed "
+                          f"or written elsewhere): run make preflight INVENTORY={hostfile}")
+    interface = report.get("interface")
+    if not interface:
+        raise LaunchError("the preflight report names no interface: run make preflight again")
+    np = slots if np_override is None else np_override
+    if np < 1:
+        raise LaunchError(f"NP={np} must be at least 1")
+    if np > slots:
+        raise LaunchError(f"NP={np} is more than the {slots} slots in {hostfile}: lower NP or "
+                          f"add hosts/slots to the inventory and run make preflight")
+    return np, interface
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m preflight.launch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["vouches", "settings"])
+    parser.add_argument("--report", type=Path, required=True)
+    parser.add_argument("--hostfile", type=Path, required=True)
+    parser.add_argument("--np", type=int, default=None, help="process count instead of all slots")
+    args = parser.parse_args(argv)
+    try:
+        report = load_report(args.report)
+        if args.action == "vouches":
+            return 0 if vouches(report, args.hostfile) else 1
+        np, interface = settings(report, args.hostfile, args.np)
+    except LaunchError as exc:
+        print(f"make train: {exc}", file=sys.stderr)
+        return 2
+    print(np, interface)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

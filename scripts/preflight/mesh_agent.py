@@ -1,0 +1,251 @@
+"""The mesh agent: runs on every host at once and tests TCP and the MTU to every other host.
+
+Standard library only: it is sent as `python -c <this file>` over ssh, so nothing needs to be
+installed on the host. It talks to the orchestrator (checks/mesh.py) in JSON lines:
+
+    agent -> {"event": "ready", "label", "tcp_port", "udp_port", "mtu"}
+    orch  -> {"peers": [{"label", "address", "tcp_port", "udp_port", "mtu"}], "budget_s"}
+    agent -> {"event": "result", "label", "mtu", "peers": [{"peer", "tcp", "port", "rtt_ms",
+              "mtu_ok", "path_mtu", "mtu_error"}]}
+    orch  -> "done" (or closes stdin): the agent stops serving and exits.
+
+Both listeners take port 0, so the kernel hands out an ephemeral port above 1024, the range MPI's
+and Gloo's TCP transports use: a firewall that lets ssh (22) through but drops those is the
+classic cause of a job that hangs at its first allreduce.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import socket
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)  # Linux values
+IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+IP_MTU = getattr(socket, "IP_MTU", 14)
+HEADERS = 28  # IPv4 (20) + UDP (8): an MTU-sized packet carries MTU - 28 bytes of payload
+MAX_PAYLOAD = 65507  # the largest UDP payload over IPv4
+MIN_MTU = 576  # every IPv4 path carries this
+PINGS = 5
+UDP_TRIES = 3
+UDP_WAIT_S = 0.25
+SEARCH_STEPS = 8
+
+
+def emit(event: dict) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def interface_mtu(interface: str, expected: int) -> int:
+    """The MTU the kernel has on the interface (what the facts said if it cannot be read)."""
+    try:
+        with open(f"/sys/class/net/{interface}/mtu") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return expected
+
+
+def dont_fragment(sock: socket.socket) -> None:
+    # With DF set an oversized datagram is refused (EMSGSIZE) or dropped, never split: the probe
+    # then sees the real path MTU instead of a fragmented packet that silently got through.
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+
+
+def serve_tcp(listener: socket.socket) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        threading.Thread(target=echo_tcp, args=(conn,), daemon=True).start()
+
+
+def echo_tcp(conn: socket.socket) -> None:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with conn:
+        try:
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                conn.sendall(data)
+        except OSError:
+            return
+
+
+def serve_udp(sock: socket.socket) -> None:
+    # The echo goes back at the same size with DF set, so it also tests the reverse path.
+    while True:
+        try:
+            data, peer = sock.recvfrom(65535)
+        except OSError:
+            return
+        try:
+            sock.sendto(data, peer)
+        except OSError:
+            continue
+
+
+def tcp_probe(source: str, peer: dict, timeout_s: float) -> dict:
+    """Connects to the peer's listener and times a few one-byte round trips."""
+    target = (peer["address"], peer["tcp_port"])
+    try:
+        conn = socket.create_connection(target, timeout=timeout_s, source_address=(source, 0))
+    except socket.timeout:
+        return {"tcp": "timed out", "rtt_ms": None}
+    except ConnectionRefusedError:
+        return {"tcp": "refused", "rtt_ms": None}
+    except OSError as exc:
+        return {"tcp": exc.strerror or str(exc), "rtt_ms": None}
+    with conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        rtts = []
+        try:
+            for _ in range(PINGS):
+                start = time.perf_counter()
+                conn.sendall(b"x")
+                if not conn.recv(1):
+                    return {"tcp": "closed by peer", "rtt_ms": None}
+                rtts.append((time.perf_counter() - start) * 1000)
+        except OSError as exc:
+            return {"tcp": exc.strerror or "timed out", "rtt_ms": None}
+    return {"tcp": "ok", "rtt_ms": round(statistics.median(rtts), 3)}
+
+
+def udp_echo(sock: socket.socket, mtu: int, deadline: float) -> str:
+    """'ok' if an MTU-sized datagram with DF comes back; else why not."""
+    payload_size = min(mtu - HEADERS, MAX_PAYLOAD)
+    token = os.urandom(8)
+    payload = token + b"\0" * (payload_size - len(token))
+    for _ in range(UDP_TRIES):
+        wait_s = min(UDP_WAIT_S, deadline - time.monotonic())
+        if wait_s <= 0:
+            break
+        try:
+            sock.send(payload)
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                return "message too long"
+            return exc.strerror or str(exc)
+        if wait_for(sock, token, time.monotonic() + wait_s):
+            return "ok"
+    return "no echo"
+
+
+def wait_for(sock: socket.socket, token: bytes, until: float) -> bool:
+    while True:
+        left = until - time.monotonic()
+        if left <= 0:
+            return False
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65535)
+        except (socket.timeout, OSError):
+            return False
+        if data[:8] == token:
+            return True
+
+
+def kernel_path_mtu(sock: socket.socket) -> int | None:
+    try:
+        return sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
+    except OSError:
+        return None
+
+
+def largest_passing(sock: socket.socket, low: int, high: int, deadline: float) -> int | None:
+    """Binary search for the largest MTU in [low, high) that echoes; None if low fails too."""
+    if udp_echo(sock, low, deadline) != "ok":
+        return None
+    for _ in range(SEARCH_STEPS):
+        if high - low <= 1 or time.monotonic() >= deadline:
+            break
+        middle = (low + high) // 2
+        if udp_echo(sock, middle, deadline) == "ok":
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def mtu_probe(source: str, own_mtu: int, peer: dict, deadline: float) -> dict:
+    """Sends a datagram as large as this host's MTU, DF set; on failure finds what does pass."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        dont_fragment(sock)
+        sock.connect((peer["address"], peer["udp_port"]))
+        outcome = udp_echo(sock, own_mtu, deadline)
+        if outcome == "ok":
+            return {"mtu_ok": True, "path_mtu": own_mtu, "mtu_error": ""}
+        error = f"{outcome} at MTU {own_mtu}"
+        # The likely answers first (what the kernel learned, the peer's MTU), then a search.
+        for guess in (kernel_path_mtu(sock), peer.get("mtu")):
+            if guess and MIN_MTU <= guess < own_mtu and udp_echo(sock, guess, deadline) == "ok":
+                return {"mtu_ok": False, "path_mtu": guess, "mtu_error": error}
+        found = largest_passing(sock, MIN_MTU, own_mtu, deadline)
+        return {"mtu_ok": False, "path_mtu": found, "mtu_error": error}
+
+
+def probe_peer(source: str, own_mtu: int, peer: dict, deadline: float) -> dict:
+    budget_s = max(deadline - time.monotonic(), 0.5)
+    result = {"peer": peer["label"], "port": peer["tcp_port"]}
+    result.update(tcp_probe(source, peer, timeout_s=min(3.0, max(0.5, budget_s * 0.4))))
+    result.update(mtu_probe(source, own_mtu, peer, deadline))
+    return result
+
+
+def listen(address: str, kind: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, kind)
+    sock.bind((address, 0))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(128)
+    else:
+        dont_fragment(sock)
+    return sock
+
+
+def read_command() -> dict | None:
+    line = sys.stdin.readline()
+    if not line or line.strip() == "done":
+        return None
+    return json.loads(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--interface", required=True)
+    parser.add_argument("--mtu", type=int, default=1500)
+    parser.add_argument("--max-s", type=float, default=120, help="exit after this long, always")
+    args = parser.parse_args(argv)
+    # A watchdog: if the orchestrator vanishes without closing stdin, the agent still goes away.
+    threading.Timer(args.max_s, os._exit, args=(3,)).start()
+    listener = listen(args.address, socket.SOCK_STREAM)
+    echo = listen(args.address, socket.SOCK_DGRAM)
+    threading.Thread(target=serve_tcp, args=(listener,), daemon=True).start()
+    threading.Thread(target=serve_udp, args=(echo,), daemon=True).start()
+    mtu = interface_mtu(args.interface, args.mtu)
+    emit({"event": "ready", "label": args.label, "tcp_port": listener.getsockname()[1],
+          "udp_port": echo.getsockname()[1], "mtu": mtu})
+    command = read_command()
+    if command is not None:
+        deadline = time.monotonic() + float(command.get("budget_s", 5))
+        peers = command.get("peers", [])
+        with ThreadPoolExecutor(max_workers=max(1, min(32, len(peers)))) as pool:
+            results = list(pool.map(lambda p: probe_peer(args.address, mtu, p, deadline), peers))
+        emit({"event": "result", "label": args.label, "mtu": mtu, "peers": results})
+        read_command()  # keep serving the other agents' probes until told to stop
+    os._exit(0)  # the watchdog timer and the serving threads end with the process
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""What runs on each host: one look at the machine, printed as one JSON object.
+
+The preflight sends this file's text over ssh to the remote Python's stdin (`python - ARGS`), so it
+must stand alone: the standard library, plus psutil when the host's venv has it, with /sys, /proc
+and `ip -j` as fallbacks. It never imports TensorFlow (that costs seconds); package versions come
+from importlib.metadata. Slow lookups (names, mpirun, nvidia-smi, the neighbour table) run in
+threads with deadlines, so the probe finishes in well under half a second on a healthy host.
+
+Usage: python - --resolve h1 --resolve h2 --project DIR --script PATH --python PATH [--neighbours]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+PACKAGES = ("tensorflow", "tensorflow-cpu", "horovod", "mpi4py", "numpy", "keras")
+RESOLVE_DEADLINE_S = 2.0
+COMMAND_TIMEOUT_S = 3.0
+BUILD_FILE = "horovod-build.txt"
+
+try:  # psutil is in the venv; a bare python3 (no venv yet) still gets the fallbacks
+    import psutil
+except ImportError:  # pragma: no cover - depends on the host
+    psutil = None
+
+
+def in_background(fn, *args):
+    """Starts fn(*args) in a daemon thread; returns a getter that waits at most `deadline` s."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args)
+        except Exception as exc:  # a probe reports, it never dies on one lookup
+            box["error"] = f"{type(exc).__name__}: {exc}"
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+
+    def get(deadline: float):
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            return None, "timed out"
+        return box.get("value"), box.get("error")
+
+    return get
+
+
+def run_command(argv: list[str]) -> str | None:
+    """stdout of argv, or None when the command is missing or fails."""
+    if shutil.which(argv[0]) is None:
+        return None
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
+                          check=False)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def resolve(name: str) -> list[str]:
+    infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    return sorted({info[4][0] for info in infos})
+
+
+def package_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def horovod_build() -> dict[str, bool] | None:
+    """Parses `horovodrun --check-build` output that setup.sh saved next to the venv."""
+    path = os.path.join(sys.prefix, BUILD_FILE)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    flags: dict[str, bool] = {}
+    for line in lines:
+        text = line.strip()
+        if text.startswith("[X]") or text.startswith("[ ]"):
+            flags[text[3:].strip()] = text.startswith("[X]")
+    return flags
+
+
+def first_line(text: str | None) -> str | None:
+    if not text:
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else None
+
+
+def read_sys(name: str, leaf: str) -> str | None:
+    try:
+        with open(f"/sys/class/net/{name}/{leaf}", encoding="ascii") as fh:
+            return fh.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def sys_speed(name: str) -> int:
+    value = read_sys(name, "speed")
+    try:
+        return max(0, int(value)) if value else 0
+    except ValueError:
+        return 0
+
+
+def interfaces_psutil() -> list[dict]:
+    stats = psutil.net_if_stats()
+    result = []
+    for name, addrs in psutil.net_if_addrs().items():
+        stat = stats.get(name)
+        entry = new_interface(name)
+        if stat is not None:
+            entry.update(mtu=stat.mtu, speed=stat.speed or sys_speed(name), isup=stat.isup)
+            entry["loopback"] = "loopback" in (getattr(stat, "flags", "") or "")
+        for addr in addrs:
+            if addr.family == socket.AF_INET:
+                entry["ipv4"].append(with_prefix(addr.address, addr.netmask))
+            elif addr.family == socket.AF_INET6:
+                entry["ipv6"].append(with_prefix(addr.address.split("%")[0], addr.netmask))
+            elif addr.family == getattr(psutil, "AF_LINK", None):
+                entry["mac"] = addr.address
+        result.append(entry)
+    return result
+
+
+def interfaces_ip() -> list[dict]:
+    out = run_command(["ip", "-j", "addr"])
+    result = []
+    for link in json.loads(out) if out else []:
+        entry = new_interface(link["ifname"])
+        flags = link.get("flags", [])
+        entry.update(mtu=link.get("mtu", 0), mac=link.get("address"), isup="UP" in flags,
+                     loopback="LOOPBACK" in flags, speed=sys_speed(link["ifname"]))
+        for info in link.get("addr_info", []):
+            key = {"inet": "ipv4", "inet6": "ipv6"}.get(info.get("family"))
+            if key:
+                entry[key].append(f"{info['local']}/{info['prefixlen']}")
+        result.append(entry)
+    return result
+
+
+def new_interface(name: str) -> dict:
+    return {"name": name, "ipv4": [], "ipv6": [], "mac": None, "mtu": 0, "speed": 0,
+            "isup": False, "loopback": False,
+            "virtual": os.path.exists(f"/sys/devices/virtual/net/{name}"),
+            "bridge": os.path.exists(f"/sys/class/net/{name}/bridge")}
+
+
+def with_prefix(address: str, netmask: str | None) -> str:
+    if not netmask:
+        return address
+    try:  # IPv6 masks come as addresses (ffff:ffff::); count their bits
+        prefix = bin(int(ipaddress.ip_address(netmask))).count("1")
+        return str(ipaddress.ip_interface(f"{address}/{prefix}"))
+    except ValueError:
+        return address
+
+
+def interfaces() -> list[dict]:
+    found = interfaces_psutil() if psutil is not None else interfaces_ip()
+    for entry in found:  # lo is loopback even where the flags were not readable
+        addrs = entry["ipv4"] + entry["ipv6"]
+        if entry["name"] == "lo" or any(ipaddress.ip_interface(a).is_loopback for a in addrs):
+            entry["loopback"] = True
+    return sorted(found, key=lambda e: e["name"])
+
+
+def cores() -> tuple[int | None, int | None]:
+    logical = os.cpu_count()
+    physical = psutil.cpu_count(logical=False) if psutil is not None else None
+    if physical is None:
+        physical = cpuinfo_cores()
+    return physical, logical
+
+
+def cpuinfo_cores() -> int | None:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    seen, phys = set(), None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            phys = value.strip()
+        elif key == "core id":
+            seen.add((phys, value.strip()))
+    return len(seen) or None
+
+
+def memory() -> tuple[int | None, int | None]:
+    if psutil is not None:
+        mem = psutil.virtual_memory()
+        return mem.total, mem.available
+    values = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                values[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None, None
+    return values.get("MemTotal"), values.get("MemAvailable")
+
+
+def disk(path: str) -> tuple[int | None, int | None]:
+    """Total and free bytes of the file system holding path (or its nearest existing parent)."""
+    while path and not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    try:
+        usage = shutil.disk_usage(path or "/")
+    except OSError:
+        return None, None
+    return usage.total, usage.free
+
+
+def gpu_count() -> int | None:
+    """GPUs listed by nvidia-smi -L, or None where there is no nvidia-smi."""
+    out = run_command(["nvidia-smi", "-L"])
+    if out is None:
+        return None
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def neighbours() -> list[dict]:
+    out = run_command(["ip", "-j", "neigh"])
+    table = []
+    for entry in json.loads(out) if out else []:
+        if "dst" in entry:
+            table.append({"address": entry["dst"], "dev": entry.get("dev"),
+                          "mac": entry.get("lladdr"), "state": entry.get("state", [])})
+    return table
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="probe")
+    parser.add_argument("--resolve", action="append", default=[])
+    parser.add_argument("--project", default=os.getcwd())
+    parser.add_argument("--script", default="")
+    parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--neighbours", action="store_true")
+    return parser.parse_args(argv)
+
+
+def probe(args: argparse.Namespace) -> dict:
+    hostname = socket.gethostname()
+    names = list(dict.fromkeys([*args.resolve, hostname]))
+    lookups = {name: in_background(resolve, name) for name in names}
+    fqdn = in_background(socket.getfqdn)
+    mpirun = in_background(run_command, ["mpirun", "--version"])
+    gpus = in_background(gpu_count)
+    neigh = in_background(neighbours) if args.neighbours else None
+    physical, logical = cores()
+    mem_total, mem_available = memory()
+    disk_total, disk_free = disk(args.project)
+    shm_total, shm_free = disk("/dev/shm") if os.path.isdir("/dev/shm") else (None, None)
+    facts = {
+        "hostname": hostname,
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "prefix": sys.prefix,
+        "packages": package_versions(),
+        "horovod_build": horovod_build(),
+        "interfaces": interfaces(),
+        "physical_cores": physical,
+        "logical_cores": logical,
+        "memory_total": mem_total,
+        "memory_available": mem_available,
+        "project": args.project,
+        "disk_total": disk_total,
+        "disk_free": disk_free,
+        "shm_total": shm_total,
+        "shm_free": shm_free,
+        "venv_python": args.python,
+        "venv_python_exists": os.access(args.python, os.X_OK),
+        "script": args.script,
+        "script_exists": bool(args.script) and os.path.isfile(args.script),
+        "psutil": psutil is not None,
+    }
+    deadline = time.monotonic() + RESOLVE_DEADLINE_S
+    facts["resolved"] = {}
+    for name, get in lookups.items():
+        value, error = get(deadline)
+        facts["resolved"][name] = {"addresses": value or [], "error": error}
+    facts["fqdn"] = fqdn(deadline)[0] or hostname
+    facts["mpirun"] = first_line(mpirun(deadline)[0])
+    facts["gpus"] = gpus(deadline)[0]
+    facts["neighbours"] = neigh(deadline)[0] if neigh else None
+    facts["time"] = time.time()  # last, so it sits inside the launcher's request window
+    return facts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    json.dump(probe(args), sys.stdout, separators=(",", ":"))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Running commands on hosts through the system's OpenSSH client.
+
+The system client is used on purpose: the user's ~/.ssh/config (keys, ports, jump hosts) applies
+exactly as it will for mpirun. Batch mode means a missing key fails at once instead of waiting at
+a password prompt. Host-key checking is left as the user configured it. Arguments travel as one
+shell-quoted string because ssh hands the remote command to the login shell.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+CONNECT_TIMEOUT_S = 5
+LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+@dataclass(frozen=True)
+class RemoteResult:
+    host: str
+    returncode: int
+    stdout: str
+    stderr: str
+    elapsed_s: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    @property
+    def ssh_failed(self) -> bool:
+        """ssh itself (not the remote command) failed: it exits 255 for that."""
+        return self.returncode == 255
+
+
+def is_local(host: str) -> bool:
+    """True for names of the machine we run on: no ssh is needed to reach it."""
+    return host in LOCAL_NAMES or host in (socket.gethostname(), socket.getfqdn())
+
+
+class Ssh:
+    """An ssh runner that shares one connection per host across the preflight's steps."""
+
+    def __init__(self, connect_timeout_s: int = CONNECT_TIMEOUT_S) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        # Short path: a unix socket path must stay under ~100 bytes.
+        self._control_dir = tempfile.mkdtemp(prefix="pf-ssh-")
+        self._hosts_used: set[str] = set()
+
+    def argv(self, host: str, remote_argv: Sequence[str]) -> list[str]:
+        return [
+            "ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout_s}",
+            "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=2",
+            # Multiplexing: the probe, the mesh test and the rest reuse one TCP+auth handshake.
+            "-o", "ControlMaster=auto", "-o", f"ControlPath={self._control_dir}/%C",
+            "-o", "ControlPersist=60",
+            "--", host, shlex.join(remote_argv),
+        ]
+
+    def run(self, host: str, remote_argv: Sequence[str], *, stdin: str | None = None,
+            timeout_s: float = 30) -> RemoteResult:
+        """Runs argv on host (directly if the host is this machine); never raises on failure."""
+        local = is_local(host)
+        argv = list(remote_argv) if local else self.argv(host, remote_argv)
+        if not local:
+            self._hosts_used.add(host)
+        return run_argv(host, argv, stdin=stdin, timeout_s=timeout_s)
+
+    def popen(self, host: str, remote_argv: Sequence[str]) -> subprocess.Popen:
+        """A long-running remote process with pipes, for steps that talk back and forth."""
+        local = is_local(host)
+        argv = list(remote_argv) if local else self.argv(host, remote_argv)
+        if not local:
+            self._hosts_used.add(host)
+        return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, bufsize=1)
+
+    def close(self) -> None:
+        """Ends the shared connections and removes their sockets."""
+        for host in self._hosts_used:
+            subprocess.run(["ssh", "-o", f"ControlPath={self._control_dir}/%C", "-O", "exit",
+                            "--", host], capture_output=True, timeout=5, check=False)
+        for name in os.listdir(self._control_dir):
+            os.unlink(os.path.join(self._control_dir, name))
+        os.rmdir(self._control_dir)
+
+    def __enter__(self) -> Ssh:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_argv(host: str, argv: Sequence[str], *, stdin: str | None = None,
+             timeout_s: float = 30) -> RemoteResult:
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
+                              timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        return RemoteResult(host, -1, _text(exc.stdout), _text(exc.stderr),
+                            time.monotonic() - start, timed_out=True)
+    except FileNotFoundError as exc:
+        return RemoteResult(host, 127, "", str(exc), time.monotonic() - start)
+    return RemoteResult(host, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data if isinstance(data, str) else data.decode(errors="replace")
+
+
+def fan_out(items: Iterable[T], fn: Callable[[T], R], max_workers: int = 32) -> list[R]:
+    """fn over items concurrently, results in the order of items."""
+    items = list(items)
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(items))) as pool:
+        return list(pool.map(fn, items))
