@@ -32,7 +32,7 @@ test-unit: setup ## run the tests that need no cluster
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: setup ## ruff over the code
-	@$(VENV)/bin/ruff check scripts template tests bench
+	@$(VENV)/bin/ruff check .
 
 bench: setup ## benchmarks on the simulated cluster; figures to bench/results/
 	@$(PY) bench/run.py $(BENCH_ARGS)

@@ -12,6 +12,8 @@
 # 'A && B || fail' below is meant as 'unless A and B, fail'.
 # shellcheck disable=SC2015
 set -euo pipefail
+# ip, sshd and iptables live in sbin, which a minimal or non-login PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 readonly PROG=cluster.sh
 readonly PREFIX=${HVSIM_PREFIX:-hvsim}
@@ -27,7 +29,9 @@ readonly MARK_END="# <<< $PREFIX cluster <<<"
 readonly MARK_CREATED_FILE="# (cluster.sh created this file; 'cluster.sh down' removes it when empty)"
 readonly MARK_CREATED_DIR="# (cluster.sh created this directory; 'cluster.sh down' removes it when empty)"
 readonly LOCK_FILE="/run/lock/$PREFIX-cluster.lock"
-readonly FAULT_KINDS="link loss delay sshd firewall mtu"
+# Clusters with different prefixes may run at once; all of them edit the same ~/.ssh/config.
+readonly SSH_CONFIG_LOCK="/run/lock/hvsim-ssh-config.lock"
+readonly FAULT_KINDS="link loss delay sshd firewall mtu debian-hosts"
 
 usage() {
   cat <<EOF
@@ -65,13 +69,18 @@ Commands:
       sshd           stop HOST's sshd (off: start it again)
       firewall       drop new incoming TCP connections to ports 1025-65535 (ssh on 22 still works)
       mtu [MTU]      set the cluster interface MTU (default 1400; off: back to 1500)
+      debian-hosts   add Debian's '127.0.1.1 HOST' line to HOST's /etc/hosts (off: remove it,
+                     also when 'up --debian-hosts' put it there); running sessions see the change
 
 Files: state in \${HVSIM_DIR:-/tmp/hvsim}: id_ed25519 (the cluster's client key), known_hosts (each
 host key under the host's name and address), ssh_config, hosts (lines 'NAME ADDRESS IFNAME'),
 config, faults/, and hN/ (sshd_config, ssh_host_ed25519_key, authorized_keys, sshd.pid, uts.pid,
-sshd.log). /etc/netns/$PREFIX-hN/hosts is the host's /etc/hosts. 'up' puts 'Include <dir>/ssh_config'
-at the top of the launching user's ~/.ssh/config (\$SUDO_USER's when run with sudo) between
-"$MARK_BEGIN" and "$MARK_END"; ~/.ssh/authorized_keys is never touched and host key checking stays on.
+sshd.log). /etc/netns/$PREFIX-hN/hosts is the host's /etc/hosts. 'up' puts
+'Include <dir>/ssh_config' at the top of the launching user's ~/.ssh/config (\$SUDO_USER's under
+sudo) between the lines
+  $MARK_BEGIN
+  $MARK_END
+and 'down' removes them. ~/.ssh/authorized_keys is never touched; host key checking stays on.
 
 Environment: HVSIM_DIR (state directory, default /tmp/hvsim), HVSIM_PREFIX (namespace prefix,
 default hvsim; lets a second cluster exist beside the first).
@@ -132,7 +141,7 @@ parse_host_list() {
 
 # 'h1=9000,h2=1400' -> 'INDEX VALUE' lines, values checked by the regex in $3.
 parse_host_map() {
-  local spec=$1 n=$2 opt=$3 value_re=$4 what=$5 item host value
+  local spec=$1 n=$2 opt=$3 value_re=$4 what=$5 item host value idx
   IFS=, read -ra items <<<"$spec"
   [[ ${#items[@]} -gt 0 ]] || bad_input "$opt needs HOST=${what}[,HOST=${what}]"
   for item in "${items[@]}"; do
@@ -140,8 +149,9 @@ parse_host_map() {
     host=${item%%=*} value=${item#*=}
     [[ $host =~ ^h([1-9][0-9]*)$ ]] && ((BASH_REMATCH[1] <= n)) ||
       bad_input "$opt: unknown host '$host'; hosts are h1..h$n"
+    idx=${BASH_REMATCH[1]}
     [[ $value =~ $value_re ]] || bad_input "$opt: '$value' is not a valid $what for $host"
-    printf '%s %s\n' "${BASH_REMATCH[1]}" "$value"
+    printf '%s %s\n' "$idx" "$value"
   done
 }
 
@@ -430,8 +440,22 @@ rewrite_file() {  # $1 file, $2 temp with the new content
   mv -f "$2" "$1"
 }
 
+block_has() {  # block_has LINE FILE: LINE is inside our block (not another prefix's)
+  awk -v b="$MARK_BEGIN" -v e="$MARK_END" -v l="$1" \
+    '$0 == b {in_b = 1; next} $0 == e {in_b = 0; next} in_b && $0 == l {found = 1} END {exit !found}' "$2"
+}
+
 strip_block() {  # prints the file without our block
   awk -v b="$MARK_BEGIN" -v e="$MARK_END" '$0 == b {skip = 1; next} $0 == e {skip = 0; next} !skip' "$1"
+}
+
+# Runs "$@" holding the ~/.ssh/config lock (fd 8), so concurrent clusters never lose an edit.
+with_ssh_config_lock() {
+  mkdir -p "$(dirname "$SSH_CONFIG_LOCK")"
+  (
+    flock -w 60 8 || die "could not lock $SSH_CONFIG_LOCK"
+    "$@"
+  ) 8>"$SSH_CONFIG_LOCK"
 }
 
 install_ssh_include() {
@@ -450,8 +474,8 @@ install_ssh_include() {
     created_file=1
   fi
   # A block left from an earlier run keeps its "created" notes, so the file is still removed later.
-  grep -qxF "$MARK_CREATED_FILE" "$cfg" && created_file=1
-  grep -qxF "$MARK_CREATED_DIR" "$cfg" && created_dir=1
+  block_has "$MARK_CREATED_FILE" "$cfg" && created_file=1
+  block_has "$MARK_CREATED_DIR" "$cfg" && created_dir=1
   tmp=$(mktemp "$cfg.hvsim.XXXXXX")
   {
     printf '%s\n' "$MARK_BEGIN"
@@ -470,8 +494,8 @@ remove_ssh_include() {  # prints what it removed
   dir=$home/.ssh
   cfg=$(readlink -f "$dir/config" 2>/dev/null || printf '%s' "$dir/config")
   [[ -f $cfg ]] && grep -qxF "$MARK_BEGIN" "$cfg" || return 0
-  grep -qxF "$MARK_CREATED_FILE" "$cfg" && created_file=1
-  grep -qxF "$MARK_CREATED_DIR" "$cfg" && created_dir=1
+  block_has "$MARK_CREATED_FILE" "$cfg" && created_file=1
+  block_has "$MARK_CREATED_DIR" "$cfg" && created_dir=1
   tmp=$(mktemp "$cfg.hvsim.XXXXXX")
   strip_block "$cfg" >"$tmp"
   rewrite_file "$cfg" "$tmp"
@@ -521,7 +545,7 @@ teardown() {  # prints one line per thing removed
     [[ -d $d && $(basename "$d") =~ ^$PREFIX-(sw|h[0-9]+)$ ]] || continue
     rm -rf "$d" && echo "removed $d"
   done
-  remove_ssh_include
+  with_ssh_config_lock remove_ssh_include
   # Only a directory this script made (it has the marker) is deleted wholesale.
   if [[ -f $STATE/.hvsim-state ]]; then
     rm -rf "$STATE" && echo "removed $STATE"
@@ -577,13 +601,14 @@ parse_up_args() {
       *) bad_input "unknown option '$opt' for up; see scripts/cluster.sh --help" ;;
     esac
   done
-  [[ -z $decoy ]] || mapfile -t DECOY < <(parse_host_list "$decoy" "$N" --decoy-bridge)
-  [[ -z $second ]] || mapfile -t SECOND < <(parse_host_list "$second" "$N" --second-if)
-  [[ -z $debian ]] || mapfile -t DEBIAN < <(parse_host_list "$debian" "$N" --debian-hosts)
-  # Validate in this shell (not in the process substitutions above) so bad input exits 2 here.
+  # Validate in this shell first: bad input inside the process substitutions below would only
+  # end the substitution, not the script.
   [[ -z $decoy ]] || parse_host_list "$decoy" "$N" --decoy-bridge >/dev/null
   [[ -z $second ]] || parse_host_list "$second" "$N" --second-if >/dev/null
   [[ -z $debian ]] || parse_host_list "$debian" "$N" --debian-hosts >/dev/null
+  [[ -z $decoy ]] || mapfile -t DECOY < <(parse_host_list "$decoy" "$N" --decoy-bridge)
+  [[ -z $second ]] || mapfile -t SECOND < <(parse_host_list "$second" "$N" --second-if)
+  [[ -z $debian ]] || mapfile -t DEBIAN < <(parse_host_list "$debian" "$N" --debian-hosts)
   if [[ -n $mtu ]]; then
     parse_host_map "$mtu" "$N" --mtu '^[0-9]+$' MTU >/dev/null
     while read -r idx value; do check_mtu "$value"; MTU[$idx]=$value; done \
@@ -657,7 +682,7 @@ build_cluster() {
     start_uts_holder "h$i"
     start_sshd "h$i"
   done
-  install_ssh_include
+  with_ssh_config_lock install_ssh_include
   wait_ready
   desired_config >"$STATE/config"
 }
@@ -672,7 +697,8 @@ print_table() {
     if k=$(sshd_pid "$h"); then sshd="up (pid $k)"; else sshd=down; fi
     extras=$(ip -n "$ns" -br link 2>/dev/null | awk '$1 ~ /^(docker0|eth1)(@|$)/ {sub(/@.*/, "", $1); printf "%s ", $1}')
     k=$(ip -n "$ns" link show "$ifn" 2>/dev/null | grep -o 'mtu [0-9]*' | head -n1 || true)
-    [[ $k == "mtu 1500" || -z $k ]] || extras+="$k"
+    [[ $k == "mtu 1500" || -z $k ]] || extras+="$k "
+    ! grep -q '^127\.0\.1\.1[[:space:]]' "/etc/netns/$ns/hosts" 2>/dev/null || extras+="127.0.1.1-in-hosts"
     printf '%-5s %-12s %-10s %-14s %-14s %s\n' "$h" "$ns" "$ifn" "$addr" "$sshd" "${extras:--}"
   done
 }
@@ -720,11 +746,12 @@ cmd_up() {
 
 # --- status / hosts ------------------------------------------------------------------------------
 print_faults() {
-  local f base
+  local f base value
   for f in "$STATE"/faults/*; do
     [[ -f $f ]] || continue
     base=$(basename "$f")
-    printf 'fault: %s %s on%s\n' "${base%%.*}" "${base#*.}" "$(sed 's/^/ /' "$f" | tr -d '\n')"
+    value=$(tr -d '\n' <"$f")
+    printf 'fault: %s %s on%s\n' "${base%%.*}" "${base#*.}" "${value:+ ($value)}"
   done
 }
 
@@ -825,6 +852,22 @@ fault_firewall() {
   fi
 }
 
+# Rewrites the host's /etc/hosts in place (same inode): sshd and its sessions see /etc/hosts through
+# a bind mount of this very file, which a rename would leave pointing at the old content.
+fault_debian_hosts() {
+  local h=$1 state=$2 file tmp
+  file=/etc/netns/$(host_ns "$h")/hosts
+  [[ -f $file ]] || die "$file is missing; run: sudo scripts/cluster.sh up"
+  tmp=$(mktemp)
+  awk -v h="$h" -v on="$state" '
+    $1 == "127.0.1.1" {next}
+    {print}
+    $1 == "127.0.0.1" && $2 == "localhost" && on == "on" {printf "127.0.1.1\t%s\n", h}' \
+    "$file" >"$tmp"
+  cat "$tmp" >"$file"
+  rm -f "$tmp"
+}
+
 fault_mtu() {
   local mtu=$3
   [[ $2 == on ]] || mtu=1500
@@ -852,10 +895,11 @@ cmd_fault() {
     sshd) fault_sshd "$h" "$state" ;;
     firewall) fault_firewall "$ns" "$state" ;;
     mtu) value=${value:-1400}; fault_mtu "$ns" "$state" "$value" "$ifn" ;;
+    debian-hosts) fault_debian_hosts "$h" "$state" ;;
   esac
   record_fault "$h" "$kind" "$state" "$value"
   [[ $state == on ]] || value=''
-  say "fault $kind $state on $h${value:+ ($value)}"
+  say "$h: fault $kind $state${value:+ ($value)}"
 }
 
 # --- main ----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 PY=${VENV:-$ROOT/.venv}/bin/python
 REPORT=${REPORT:-preflight.json}
-PREFLIGHT_HOSTFILE=hostfile
+PREFLIGHT_HOSTFILE=${PREFLIGHT_HOSTFILE:-hostfile}  # where the preflight writes the healthy hosts
 
 die() { printf 'make train: %s\n' "$*" >&2; exit 2; }
 
@@ -76,6 +76,7 @@ main() {
   settings=$("$PY" -m preflight.launch settings --report "$REPORT" --hostfile "$LAUNCH_HOSTFILE" ${NP:+--np "$NP"}) || exit 2
   read -r np iface <<<"$settings"
   # Open MPI refuses root unless told; the simulated cluster and CI run as root.
+  export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}  # TensorFlow's start-up notes, once per rank
   if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
   local cmd=("${VENV:-$ROOT/.venv}/bin/horovodrun" -np "$np" --hostfile "$LAUNCH_HOSTFILE"
              --network-interfaces "$iface" "$PY" "$ROOT/template/train.py" "${TRAIN_ARGS[@]}")

@@ -91,7 +91,7 @@ class ProgressLine(tf.keras.callbacks.Callback):
         return sum(steady) / len(steady) if steady else 0.0
 
 
-def write_metrics(run: Path, progress: ProgressLine, world_size: int, epochs: int,
+def write_metrics(run: Path, progress: ProgressLine, rank_hosts: list[str], epochs: int,
                   initial_epoch: int) -> Path:
     metrics = {
         "val_accuracy": float(progress.last.get("val_accuracy", 0.0)),
@@ -99,7 +99,8 @@ def write_metrics(run: Path, progress: ProgressLine, world_size: int, epochs: in
         "accuracy": float(progress.last.get("accuracy", 0.0)),
         "loss": float(progress.last.get("loss", 0.0)),
         "samples_per_second": round(progress.samples_per_second(), 1),
-        "world_size": world_size,
+        "world_size": len(rank_hosts),
+        "rank_hosts": rank_hosts,
         "epochs": epochs,
         "initial_epoch": initial_epoch,
     }

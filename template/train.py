@@ -16,6 +16,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, once per rank
 
 import horovod.tensorflow.keras as hvd  # noqa: E402
+from horovod.tensorflow import allgather_object  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -84,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
               validation_data=data.validation_dataset(xv_shard, yv_shard, cfg.batch_size),
               callbacks=callbacks, verbose=0)
 
+    # Which host each rank ran on, for the record (and to show that every rank took part).
+    rank_hosts = allgather_object(socket.gethostname(), name="rank_hosts")
     if rank0:
         model.save(run / "model.h5", include_optimizer=False)  # plain Keras can load it
-        metrics = loop.write_metrics(run, progress, hvd.size(), cfg.epochs, initial_epoch)
+        metrics = loop.write_metrics(run, progress, rank_hosts, cfg.epochs, initial_epoch)
         print(f"done: val_accuracy {progress.last.get('val_accuracy', 0):.4f}; "
               f"model {run / 'model.h5'}, metrics {metrics}, checkpoints {run / 'checkpoints'}",
               flush=True)

@@ -1,0 +1,101 @@
+"""preflight: check the hosts for distributed training, then write the hostfile and a report.
+
+Exit codes: 0 every host healthy; 1 some hosts are out (the hostfile lists the healthy ones, or
+is not written when none is); 2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from . import inventory as inv
+from . import pipeline, report
+
+EXIT_OK, EXIT_SOME_OUT, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="preflight", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Hosts default to this machine alone (localhost). Slots default to the host's "
+               "GPUs, else its physical cores.")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--hosts", metavar="LIST",
+                        help="comma-separated host[:slots], e.g. 'h1:2,h2:2'")
+    source.add_argument("--inventory", metavar="PATH",
+                        help="an Open MPI hostfile: 'host slots=N' lines, # comments")
+    p.add_argument("--hostfile", metavar="PATH", default="hostfile", type=Path,
+                   help="where to write the healthy hosts (default: ./hostfile)")
+    p.add_argument("--report", metavar="PATH", default="preflight.json", type=Path,
+                   help="where to write the JSON report (default: ./preflight.json)")
+    p.add_argument("--bandwidth", action="store_true",
+                   help="also measure the MPI bandwidth matrix (slower)")
+    p.add_argument("--no-mpi", action="store_true", help="skip the MPI allreduce test")
+    p.add_argument("--neighbours", action="store_true",
+                   help="list each host's ARP/neighbour-table entries as candidate hosts "
+                        "(reads the tables only; never sweeps a subnet)")
+    p.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0,
+                   help="time limit of each step per host (default: 10)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress and no table: only the summary line")
+    p.add_argument("--json", action="store_true",
+                   help="print the report JSON on stdout (the table goes to stderr)")
+    return p
+
+
+def bad_input(message: str) -> int:
+    print(f"preflight: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def check_outputs(args: argparse.Namespace) -> str | None:
+    """Why the output paths are unusable, or None."""
+    if args.timeout <= 0:
+        return f"--timeout {args.timeout:g}: give a positive number of seconds"
+    if args.inventory and Path(args.inventory).resolve() == args.hostfile.resolve():
+        return (f"--hostfile {args.hostfile} is the inventory itself; write the healthy hosts "
+                "elsewhere, e.g. --hostfile hostfile.healthy")
+    for flag, path in (("--hostfile", args.hostfile), ("--report", args.report)):
+        folder = path.resolve().parent
+        if path.is_dir():
+            return f"{flag} {path} is a folder; give a file path"
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            return f"{flag} {path}: cannot write in {folder}; create it or pick another path"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        inventory = inv.load(args.hosts, args.inventory)
+        inv.check_duplicates(inventory)
+    except inv.InventoryError as exc:
+        return bad_input(str(exc))
+    problem = check_outputs(args)
+    if problem:
+        return bad_input(problem)
+    out = Console(stderr=args.json, highlight=False)
+    if not out.is_terminal:  # a log or a pipe: do not squeeze the table to 80 columns
+        out.width = max(out.width, report.PLAIN_WIDTH)
+    progress = report.Progress(Console(stderr=True, highlight=False), quiet=args.quiet)
+    options = pipeline.Options(timeout_s=args.timeout, bandwidth=args.bandwidth,
+                               mpi=not args.no_mpi, neighbours=args.neighbours)
+    with progress.running():
+        outcome = pipeline.run(inventory, options, progress)
+    outcome, note = report.write_outputs(outcome, args.hostfile, args.report, inventory.source)
+    report.render(outcome, note, out, quiet=args.quiet)
+    if args.json:
+        json.dump(report.document(outcome), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return EXIT_OK if outcome.report.ok else EXIT_SOME_OUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -144,9 +144,10 @@ def resolve_locally(name: str) -> set[str]:
         return set()
 
 
-def check_duplicates(inventory: Inventory, resolver: Resolver = resolve_locally,
+def check_duplicates(inventory: Inventory, resolver: Resolver | None = None,
                      timeout_s: float = RESOLVE_TIMEOUT_S) -> None:
     """Rejects a host listed twice, by the same name or by a name and an address of it."""
+    resolver = resolver or resolve_locally
     seen: dict[str, Host] = {}
     for host in inventory.hosts:
         key = host.name.lower()

@@ -34,7 +34,9 @@ HEADERS = 28  # IPv4 (20) + UDP (8): an MTU-sized packet carries MTU - 28 bytes 
 MAX_PAYLOAD = 65507  # the largest UDP payload over IPv4
 MIN_MTU = 576  # every IPv4 path carries this
 PINGS = 5
-UDP_TRIES = 3
+CONNECT_S = 2.5  # per connect attempt; there are two when the first times out
+MTU_RESERVE_S = 1.5  # what the TCP test leaves of the budget for the MTU test
+UDP_TRIES = 5  # a lossy link loses some datagrams: only five losses in a row mean "too big"
 UDP_WAIT_S = 0.25
 SEARCH_STEPS = 8
 
@@ -94,8 +96,19 @@ def serve_udp(sock: socket.socket) -> None:
             continue
 
 
-def tcp_probe(source: str, peer: dict, timeout_s: float) -> dict:
-    """Connects to the peer's listener and times a few one-byte round trips."""
+def tcp_probe(source: str, peer: dict, deadline: float) -> dict:
+    """Connects to the peer's listener and times a few one-byte round trips; a timeout gets one
+    more try, so that a lost SYN on a lossy link is not mistaken for a firewall."""
+    attempt_s = min(CONNECT_S, max(0.5, (deadline - time.monotonic() - MTU_RESERVE_S) / 2))
+    result = {"tcp": "timed out", "rtt_ms": None}
+    for _ in range(2):
+        result = tcp_attempt(source, peer, attempt_s)
+        if result["tcp"] != "timed out" or time.monotonic() + attempt_s > deadline:
+            break
+    return result
+
+
+def tcp_attempt(source: str, peer: dict, timeout_s: float) -> dict:
     target = (peer["address"], peer["tcp_port"])
     try:
         conn = socket.create_connection(target, timeout=timeout_s, source_address=(source, 0))
@@ -115,8 +128,10 @@ def tcp_probe(source: str, peer: dict, timeout_s: float) -> dict:
                 if not conn.recv(1):
                     return {"tcp": "closed by peer", "rtt_ms": None}
                 rtts.append((time.perf_counter() - start) * 1000)
+        except socket.timeout:
+            return {"tcp": "timed out", "rtt_ms": None}
         except OSError as exc:
-            return {"tcp": exc.strerror or "timed out", "rtt_ms": None}
+            return {"tcp": exc.strerror or str(exc), "rtt_ms": None}
     return {"tcp": "ok", "rtt_ms": round(statistics.median(rtts), 3)}
 
 
@@ -195,9 +210,8 @@ def mtu_probe(source: str, own_mtu: int, peer: dict, deadline: float) -> dict:
 
 
 def probe_peer(source: str, own_mtu: int, peer: dict, deadline: float) -> dict:
-    budget_s = max(deadline - time.monotonic(), 0.5)
     result = {"peer": peer["label"], "port": peer["tcp_port"]}
-    result.update(tcp_probe(source, peer, timeout_s=min(3.0, max(0.5, budget_s * 0.4))))
+    result.update(tcp_probe(source, peer, deadline))
     result.update(mtu_probe(source, own_mtu, peer, deadline))
     return result
 
@@ -228,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-s", type=float, default=120, help="exit after this long, always")
     args = parser.parse_args(argv)
     # A watchdog: if the orchestrator vanishes without closing stdin, the agent still goes away.
-    threading.Timer(args.max_s, os._exit, args=(3,)).start()
+    watchdog = threading.Timer(args.max_s, os._exit, args=(3,))
+    watchdog.daemon = True
+    watchdog.start()
     listener = listen(args.address, socket.SOCK_STREAM)
     echo = listen(args.address, socket.SOCK_DGRAM)
     threading.Thread(target=serve_tcp, args=(listener,), daemon=True).start()
@@ -244,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             results = list(pool.map(lambda p: probe_peer(args.address, mtu, p, deadline), peers))
         emit({"event": "result", "label": args.label, "mtu": mtu, "peers": results})
         read_command()  # keep serving the other agents' probes until told to stop
-    os._exit(0)  # the watchdog timer and the serving threads end with the process
+    return 0
 
 
 if __name__ == "__main__":

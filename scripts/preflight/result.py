@@ -58,6 +58,7 @@ class HostReport:
     address: str | None
     slots: int
     checks: tuple[CheckResult, ...] = ()
+    interface: str | None = None  # this host's name for the chosen interface
 
     @property
     def ok(self) -> bool:
@@ -71,7 +72,7 @@ class HostReport:
 
     def as_dict(self) -> dict:
         return {"host": self.host, "address": self.address, "slots": self.slots, "ok": self.ok,
-                "checks": [c.as_dict() for c in self.checks]}
+                "interface": self.interface, "checks": [c.as_dict() for c in self.checks]}
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,10 @@ def check_name(host: str, facts: Mapping[str, Facts]) -> CheckResult:
         return warned("resolve.name", f"{host} resolves differently across hosts ({seen})",
                       f"make {host} resolve to the same address on every host (/etc/hosts or "
                       "DNS)")
-    addresses = " ".join(next(iter(distinct))) if distinct else "itself"
+    if distinct:
+        addresses = " ".join(next(iter(distinct)))
+    else:  # only the host itself answered, with loopback (resolve.loopback judges that)
+        addresses = " ".join(views[host].addresses) + " (itself)"
     return passed("resolve.name", f"{host} -> {addresses} on {len(views)} host(s)")
 
 

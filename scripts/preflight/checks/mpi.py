@@ -1,0 +1,330 @@
+"""mpi.allreduce, mpi.latency, mpi.bandwidth: the job's first collective, run for real.
+
+mpirun starts one rank per host (preflight/mpi_probe.py) over the same transport the job will
+use: TCP on the chosen network only, no shared memory and no UCX, so what passes here is what
+Horovod meets. The classic failure is not an error but a hang: a firewall drops MPI's connections
+to ephemeral ports and the allreduce waits forever, so mpirun runs under a timeout and its whole
+process group is killed when that runs out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from preflight.checks.mesh import blame
+from preflight.result import CheckResult, failed, passed, skipped, warned
+
+ALLREDUCE = "mpi.allreduce"
+LATENCY = "mpi.latency"
+BANDWIDTH = "mpi.bandwidth"
+PROBE_SOURCE = (Path(__file__).resolve().parent.parent / "mpi_probe.py").read_text()
+MESSAGE_MIB = 8
+SLOW_LATENCY = 5.0  # a pair this many times the typical latency (and 100 us above it) is slow
+SLOW_LATENCY_MARGIN_US = 100.0
+SLOW_BANDWIDTH = 4.0  # a pair this many times below the typical bandwidth is slow
+KILL_GRACE_S = 3.0
+
+
+@dataclass(frozen=True)
+class MpiHost:
+    name: str
+    address: str
+    slots: int
+
+
+@dataclass(frozen=True)
+class MpirunRun:
+    """What came back from one mpirun: exit status, output, and whether we had to kill it."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    timed_out: bool = False
+
+
+def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
+            bandwidth: bool = False, timeout_s: float = 60
+            ) -> tuple[dict[str, list[CheckResult]], dict]:
+    """Per-host mpi.* results and the measurements ({"latency_us": {a: {b: us}}, ...})."""
+    if not hosts:
+        return {}, empty_measurements()
+    problem = missing_tools(python)
+    if problem is not None:
+        detail, remedy = problem
+        return {h.name: [failed(ALLREDUCE, detail, remedy)] for h in hosts}, empty_measurements()
+    layout = rank_layout(hosts)
+    run = run_bounded(mpirun_argv(hosts, layout, cidr, python, bandwidth), timeout_s)
+    events = [e for e in (parse_event(line) for line in run.stdout.splitlines()) if e]
+    result = next((e for e in events if e.get("event") == "result"), None)
+    if result is None:
+        return launch_failure(hosts, layout, run, events, interface, cidr), empty_measurements()
+    return map_results(hosts, layout, result, run, interface, bandwidth)
+
+
+def empty_measurements() -> dict:
+    return {"latency_us": {}, "bandwidth_MBps": {}}
+
+
+# --- launching ----------------------------------------------------------------------------------
+
+def missing_tools(python: str) -> tuple[str, str] | None:
+    """(detail, remedy) when mpirun or mpi4py is not there to run the probe at all."""
+    if shutil.which("mpirun") is None:
+        return ("mpirun is not installed on this machine",
+                "install Open MPI and the venv: make setup")
+    try:
+        proc = subprocess.run([python, "-c", "import mpi4py"], capture_output=True, text=True,
+                              timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run {python}: {exc}", "create the venv: make setup"
+    if proc.returncode != 0:
+        return f"mpi4py is not installed in {python}", "install it: make setup"
+    return None
+
+
+def rank_layout(hosts: list[MpiHost]) -> list[str]:
+    """The host of each rank: one per host; two on a lone host with two slots, so that even
+    then the collective crosses the TCP transport between two processes."""
+    if len(hosts) == 1 and hosts[0].slots >= 2:
+        return [hosts[0].name] * 2
+    return [h.name for h in hosts]
+
+
+def mpirun_argv(hosts: list[MpiHost], layout: list[str], cidr: str, python: str,
+                bandwidth: bool, uid: int | None = None) -> list[str]:
+    counts = {h.name: layout.count(h.name) for h in hosts}
+    argv = ["mpirun", "-np", str(len(layout)),
+            "-H", ",".join(f"{name}:{n}" for name, n in counts.items() if n),
+            "--map-by", "slot", "--bind-to", "none",
+            # TCP between all ranks, on the job's network only: no shared memory, no UCX (which
+            # would pick its own interfaces), and the same network for mpirun's own traffic.
+            "--mca", "pml", "ob1", "--mca", "btl", "self,tcp",
+            "--mca", "btl_tcp_if_include", cidr, "--mca", "oob_tcp_if_include", cidr,
+            "--mca", "plm_rsh_args", "-o BatchMode=yes -o ConnectTimeout=5"]
+    if (os.geteuid() if uid is None else uid) == 0:
+        argv.append("--allow-run-as-root")
+    for name in ("PATH", "LD_LIBRARY_PATH"):
+        if os.environ.get(name):
+            argv += ["-x", name]
+    argv += [python, "-c", PROBE_SOURCE, "--size-mib", str(MESSAGE_MIB)]
+    if bandwidth:
+        argv.append("--bandwidth")
+    return argv
+
+
+def run_bounded(argv: list[str], timeout_s: float) -> MpirunRun:
+    """Runs mpirun in its own process group and kills the group if it outlives timeout_s."""
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    except OSError as exc:
+        return MpirunRun(tuple(argv), 127, "", str(exc), 0.0)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        out, err = stop_group(proc)
+        timed_out = True
+    return MpirunRun(tuple(argv), proc.returncode, out or "", err or "",
+                     time.monotonic() - start, timed_out)
+
+
+def stop_group(proc: subprocess.Popen) -> tuple[str, str]:
+    """TERM first (mpirun then takes its remote daemons down), KILL what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            return proc.communicate(timeout=KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        return proc.communicate(timeout=KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        return "", ""
+
+
+def parse_event(line: str) -> dict | None:
+    """One JSON event line from the probe; None for mpirun's own chatter."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) and "event" in event else None
+
+
+# --- when no result came back -------------------------------------------------------------------
+
+def launch_failure(hosts: list[MpiHost], layout: list[str], run: MpirunRun, events: list[dict],
+                   interface: str, cidr: str) -> dict[str, list[CheckResult]]:
+    started = {layout[e["rank"]] for e in events
+               if e.get("event") == "init" and 0 <= e.get("rank", -1) < len(layout)}
+    names = ", ".join(h.name for h in hosts)
+    if run.timed_out:
+        return {h.name: [hung_result(h.name, started, names, run, interface, cidr)]
+                for h in hosts}
+    detail, remedy = explain_exit(run)
+    return {h.name: [failed(ALLREDUCE, detail, remedy)] for h in hosts}
+
+
+def hung_result(name: str, started: set[str], names: str, run: MpirunRun, interface: str,
+                cidr: str) -> CheckResult:
+    seconds = f"{run.seconds:.0f}s"
+    if name not in started:
+        return failed(ALLREDUCE, f"mpirun hung for {seconds}: no rank ever started on {name}",
+                      f"check that mpirun can start there: ssh {name} which orted, and that "
+                      f"{cidr} reaches {name}")
+    waiting = "" if len(started) == len(set(names.split(", "))) else (
+        " (ranks started only on " + ", ".join(sorted(started)) + ")")
+    return failed(ALLREDUCE,
+                  f"mpirun hung for {seconds}: the allreduce over {names} never finished{waiting}",
+                  f"open TCP ports 1024-65535 between the hosts on {interface}: a firewall that "
+                  f"drops them makes MPI hang (mesh.tcp names the host); and check that "
+                  f"{cidr} is the network every host shares")
+
+
+def explain_exit(run: MpirunRun) -> tuple[str, str]:
+    text = run.stderr + run.stdout
+    last = [line.strip() for line in text.splitlines() if line.strip() and "---" not in line]
+    tail = "; ".join(last[-3:])[:300] or "no output"
+    if "No module named 'mpi4py'" in text or 'No module named "mpi4py"' in text:
+        return (f"mpi4py is missing on a host: {tail}",
+                "install the venv at the same path on every host: make setup")
+    if "unable to reliably start" in text or "ssh:" in text or "Permission denied" in text:
+        return (f"mpirun could not start its daemons over ssh: {tail}",
+                "make ssh work without a password from here to every host (ssh-copy-id HOST), "
+                "with Open MPI installed there (ssh HOST which orted)")
+    return (f"mpirun exited with {run.returncode}: {tail}",
+            "run it by hand to see the whole error: " + shown_command(run.argv))
+
+
+def shown_command(argv: Iterable[str]) -> str:
+    # The probe's source is long: show it as the file it came from.
+    parts = list(argv)
+    if "-c" in parts:
+        at = parts.index("-c")
+        parts[at:at + 2] = ["scripts/preflight/mpi_probe.py"]
+    return " ".join(parts)
+
+
+# --- mapping a result to hosts ------------------------------------------------------------------
+
+def map_results(hosts: list[MpiHost], layout: list[str], result: dict, run: MpirunRun,
+                interface: str, bandwidth: bool) -> tuple[dict[str, list[CheckResult]], dict]:
+    latency = pair_matrix(result.get("latency_us", []), layout, symmetric=True)
+    rates = pair_matrix(result.get("bandwidth_MBps", []), layout, symmetric=False)
+    results: dict[str, list[CheckResult]] = {}
+    allreduce = allreduce_result(result, layout, run)
+    slow_latency = slow_hosts(latency, above=True)
+    slow_rate = slow_hosts(rates, above=False)
+    for host in hosts:
+        checks = [allreduce, latency_result(host.name, latency, slow_latency, interface)]
+        if bandwidth:
+            checks.append(bandwidth_result(host.name, rates, slow_rate, interface))
+        results[host.name] = checks
+    measurements = {"latency_us": latency, "bandwidth_MBps": rates, "ranks": layout,
+                    "allreduce": result.get("allreduce", {}),
+                    "library": (result.get("library") or "").strip("\x00 "),
+                    "message_mib": result.get("message_mib"), "seconds": round(run.seconds, 2)}
+    return results, measurements
+
+
+def pair_matrix(rows: Iterable[list], layout: list[str], symmetric: bool
+                ) -> dict[str, dict[str, float]]:
+    """[[rank_a, rank_b, value], ...] -> {host_a: {host_b: value}} (both ways if symmetric)."""
+    matrix: dict[str, dict[str, float]] = {}
+    for a, b, value in rows:
+        matrix.setdefault(layout[a], {})[layout[b]] = value
+        if symmetric:
+            matrix.setdefault(layout[b], {})[layout[a]] = value
+    return matrix
+
+
+def allreduce_result(result: dict, layout: list[str], run: MpirunRun) -> CheckResult:
+    info = result.get("allreduce", {})
+    hosts = ", ".join(dict.fromkeys(layout))
+    what = (f"sum of ranks {info.get('sum_of_ranks')} (expected {info.get('expected')}), "
+            f"{info.get('array_len')} doubles")
+    if info.get("ok"):
+        ranks = f"{len(layout)} rank{'s' if len(layout) != 1 else ''}"
+        return passed(ALLREDUCE, f"allreduce over {ranks} on {hosts} checked: "
+                                 f"{what}; mpirun took {run.seconds:.1f}s")
+    return failed(ALLREDUCE, f"allreduce over {hosts} returned wrong values: {what}",
+                  "the hosts disagree on the data: check that every host runs the same Open "
+                  "MPI and mpi4py (make setup on each)")
+
+
+def pair_values(matrix: Mapping[str, Mapping[str, float]]) -> list[tuple[frozenset[str], float]]:
+    """Every measurement with the pair of hosts it was between (a pair may have two)."""
+    return [(frozenset((a, b)), v) for a, row in matrix.items() for b, v in row.items()]
+
+
+def typical(matrix: Mapping[str, Mapping[str, float]], best: Callable[[Iterable[float]], float]
+            ) -> float:
+    """The median over hosts of each host's best link: one slow host, which is on n - 1 of the
+    pairs (two of three with three hosts), cannot drag this baseline towards itself."""
+    return statistics.median(best(row.values()) for row in matrix.values() if row)
+
+
+def slow_hosts(matrix: Mapping[str, Mapping[str, float]], above: bool) -> set[str]:
+    """The hosts behind pairs far off the baseline (latency far above, bandwidth far below)."""
+    values = pair_values(matrix)
+    if len({pair for pair, _ in values}) < 2:
+        return set()
+    if above:
+        base = typical(matrix, min)
+        slow = [p for p, v in values
+                if v > base * SLOW_LATENCY and v > base + SLOW_LATENCY_MARGIN_US]
+    else:
+        base = typical(matrix, max)
+        slow = [p for p, v in values if v * SLOW_BANDWIDTH < base]
+    return blame(slow)
+
+
+def peers_text(row: Mapping[str, float], unit: str) -> str:
+    return ", ".join(f"{peer} {value:.0f} {unit}" for peer, value in sorted(row.items()))
+
+
+def latency_result(name: str, latency: Mapping[str, Mapping[str, float]], slow: set[str],
+                   interface: str) -> CheckResult:
+    row = latency.get(name, {})
+    if not row:
+        return skipped(LATENCY, "one rank: no pair to time")
+    if name in slow:
+        return warned(LATENCY, f"MPI latency from {name}: {peers_text(row, 'us')}, far above "
+                               f"the {typical(latency, min):.0f} us between the other hosts",
+                      f"check {name}'s link and load: ethtool {interface} (speed, errors), "
+                      f"tc qdisc show dev {interface}, ping -c 100 {name} for loss")
+    return passed(LATENCY, f"MPI latency (half round trip, 8 bytes) median "
+                           f"{statistics.median(row.values()):.0f} us: {peers_text(row, 'us')}")
+
+
+def bandwidth_result(name: str, rates: Mapping[str, Mapping[str, float]], slow: set[str],
+                     interface: str) -> CheckResult:
+    sent = rates.get(name, {})
+    if not sent:
+        return skipped(BANDWIDTH, "one rank: no pair to measure")
+    text = f"MPI bandwidth from {name} ({MESSAGE_MIB} MiB messages): {peers_text(sent, 'MB/s')}"
+    if name in slow:
+        return warned(BANDWIDTH, f"{text}, far below the {typical(rates, max):.0f} MB/s "
+                                 "between the other hosts",
+                      f"check {name}'s link speed and errors: ethtool {interface}; "
+                      f"ip -s link show {interface}")
+    return passed(BANDWIDTH, text)

@@ -1,0 +1,265 @@
+"""The preflight from inventory to report: probes, checks, the decision, the active tests.
+
+inventory -> one probe per host, all at once -> checks on the facts -> the interface and the
+healthy hosts -> mesh and MTU between them -> an MPI allreduce over the rest -> Report.
+A host that fails a step is left out of the steps after it, and gets `skip` there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checks import clock, interface, resolve, resources, software
+from .checks import ssh as ssh_checks
+from .checks.interface import InterfaceChoice
+from .facts import Facts
+from .inventory import Host, Inventory
+from .remote import RemoteResult, Ssh, fan_out, is_local
+from .result import CheckResult, HostReport, Report, Status, failed, skipped
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+TRAIN_SCRIPT = PROJECT_DIR / "template" / "train.py"
+PROBE_SOURCE = Path(__file__).with_name("probe.py")
+# Runs the venv's Python where it exists, else python3, on the probe sent on stdin.
+REMOTE_SH = 'p="$1"; shift; [ -x "$p" ] || p=python3; exec "$p" - "$@"'
+# Families that need a host's own facts, with the ids they skip when there are none.
+FACT_IDS = {
+    "resolve": ("resolve.loopback",),
+    "interface": ("interface.summary", "interface.choice"),
+    "software": ("software.versions",),
+    "resources": ("resources.slots", "resources.memory", "resources.disk", "resources.shm",
+                  "resources.paths"),
+    "clock": ("clock.skew",),
+}
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Options:
+    timeout_s: float = 10.0
+    bandwidth: bool = False
+    mpi: bool = True
+    neighbours: bool = False
+    python: str = sys.executable
+    project: str = str(PROJECT_DIR)
+    script: str = str(TRAIN_SCRIPT)
+
+
+@dataclass(frozen=True)
+class Probe:
+    host: str
+    local: bool
+    result: RemoteResult | None
+    facts: Facts | None
+    error: str | None  # why the output did not parse
+    sent: float  # launcher time.time() before the request
+    received: float  # and after the answer
+
+
+@dataclass(frozen=True)
+class Outcome:
+    report: Report
+    choice: InterfaceChoice
+    matrices: dict = field(default_factory=dict)
+    candidates: tuple[dict, ...] = ()  # neighbour-table entries that are not inventory hosts
+    checks_run: tuple[str, ...] = ()
+
+
+def probe_argv(names: list[str], options: Options) -> list[str]:
+    argv = ["sh", "-c", REMOTE_SH, "sh", options.python]
+    for name in names:
+        argv += ["--resolve", name]
+    argv += ["--project", options.project, "--script", options.script, "--python", options.python]
+    return argv + (["--neighbours"] if options.neighbours else [])
+
+
+def probe_host(ssh: Ssh, host: str, argv: list[str], source: str, timeout_s: float) -> Probe:
+    sent = time.time()
+    result = ssh.run(host, argv, stdin=source, timeout_s=timeout_s)
+    received = time.time()
+    facts, error = None, None
+    if result.ok:
+        facts, error = parse_facts(result.stdout)
+    return Probe(host, is_local(host), result, facts, error, sent, received)
+
+
+def parse_facts(stdout: str) -> tuple[Facts | None, str | None]:
+    """The probe's JSON: the last line that looks like an object (a chatty shell may print more)."""
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        return None, "no JSON in the output"
+    try:
+        return Facts.from_json(lines[-1]), None
+    except (ValueError, KeyError, TypeError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def run(inventory: Inventory, options: Options, say: Say = lambda _: None) -> Outcome:
+    names = inventory.names
+    results: dict[str, list[CheckResult]] = {name: [] for name in names}
+    with Ssh(connect_timeout_s=max(1, int(options.timeout_s * 0.6))) as ssh:
+        say(f"probing {len(names)} host(s)")
+        started = time.monotonic()
+        argv, source = probe_argv(names, options), PROBE_SOURCE.read_text()
+        probes = {p.host: p for p in fan_out(
+            names, lambda h: probe_host(ssh, h, argv, source, options.timeout_s))}
+        facts = {h: p.facts for h, p in probes.items() if p.facts is not None}
+        say(f"facts from {len(facts)} of {len(names)} host(s) in "
+            f"{time.monotonic() - started:.1f} s")
+        for name in names:
+            p = probes[name]
+            results[name] += [ssh_checks.check_login(name, p.result, p.local, options.timeout_s),
+                              ssh_checks.check_probe(name, p.result, p.error)]
+        slots = host_slots(inventory.hosts, facts)
+        choice = fact_checks(inventory, probes, facts, slots, results)
+        matrices = active_tests(ssh, choice, slots, options, results, say)
+    report = Report(
+        hosts=tuple(HostReport(n, choice.addresses.get(n) or first_address(n, facts), slots[n],
+                               tuple(results[n]), choice.names.get(n)) for n in names),
+        interface=choice.interface, interface_cidr=choice.cidr)
+    checks_run = tuple(dict.fromkeys(c.id for n in names for c in results[n]))
+    return Outcome(report, choice, matrices, candidates(facts, names), checks_run)
+
+
+def host_slots(hosts: tuple[Host, ...], facts: Mapping[str, Facts]) -> dict[str, int]:
+    """Inventory slots, else what the host has (GPUs, else physical cores); 0 when unknown."""
+    return {h.name: h.slots if h.slots is not None else
+            (facts[h.name].default_slots if h.name in facts else 0) for h in hosts}
+
+
+def launcher(inventory: Inventory, probes: Mapping[str, Probe],
+             facts: Mapping[str, Facts]) -> str | None:
+    """The host whose software the others must match: this machine if listed, else the first."""
+    order = [h for h in inventory.names if probes[h].local] + inventory.names
+    return next((h for h in order if h in facts), None)
+
+
+def fact_checks(inventory: Inventory, probes: Mapping[str, Probe], facts: Mapping[str, Facts],
+                slots: Mapping[str, int], results: dict[str, list[CheckResult]]
+                ) -> InterfaceChoice:
+    names = inventory.names
+    resolved = {n: resolve.resolved_addresses(n, facts) for n in names}
+    choice = interface.choose_interface(facts, resolved, names)
+    reference = launcher(inventory, probes, facts)
+    explicit = {h.name for h in inventory.hosts if h.slots is not None}
+    for name in names:
+        found = results[name]
+        if facts:
+            found.append(resolve.check_name(name, facts))
+        f = facts.get(name)
+        if f is None:
+            found += [skipped(i, "no facts from this host") for ids in FACT_IDS.values()
+                      for i in ids]
+            continue
+        p = probes[name]
+        found.append(resolve.check_loopback(name, f, len(names) > 1))
+        found.append(interface.check_summary(f))
+        found += interface.check_choice(name, choice, f)
+        found.append(software.check_versions(name, f, facts[reference], reference))
+        found += [resources.check_slots(name, slots[name], f, name in explicit),
+                  resources.check_memory(name, slots[name], f), resources.check_disk(name, f),
+                  resources.check_shm(name, f), resources.check_paths(name, f)]
+        found.append(clock.check_skew(name, f.time, p.sent, p.received))
+    return choice
+
+
+def healthy(names: list[str], results: Mapping[str, list[CheckResult]]) -> list[str]:
+    return [n for n in names if all(c.status is not Status.FAIL for c in results[n])]
+
+
+def active_tests(ssh: Ssh, choice: InterfaceChoice, slots: Mapping[str, int], options: Options,
+                 results: dict[str, list[CheckResult]], say: Say) -> dict:
+    names = list(results)
+    ready = [n for n in healthy(names, results) if n in choice.names]
+    mesh_results = run_mesh_step(ssh, choice, ready, options, say)
+    for name in names:
+        results[name] += mesh_results.get(name) or [
+            skipped("mesh.tcp", "not run: failed earlier checks"),
+            skipped("mtu.path", "not run: failed earlier checks")]
+    ready = [n for n in healthy(names, results) if n in choice.names]
+    mpi_results, matrices = run_mpi_step(choice, ready, slots, options, say)
+    for name in names:
+        results[name] += mpi_results.get(name) or [
+            skipped("mpi.allreduce", "not run: failed earlier checks")]
+    return matrices
+
+
+def run_mesh_step(ssh: Ssh, choice: InterfaceChoice, ready: list[str], options: Options,
+                  say: Say) -> dict[str, list[CheckResult]]:
+    if len(ready) < 2:
+        why = "one host: nothing to test between hosts" if ready else "no healthy host"
+        return {n: [skipped("mesh.tcp", why), skipped("mtu.path", why)] for n in ready}
+    mesh = optional_module("mesh")
+    if isinstance(mesh, str):
+        return {n: [skipped("mesh.tcp", mesh), skipped("mtu.path", mesh)] for n in ready}
+    say(f"mesh and MTU test between {len(ready)} hosts on {choice.interface}")
+    hosts = [mesh.MeshHost(n, choice.addresses[n], choice.names[n], choice.mtus[n])
+             for n in ready]
+    try:
+        found = mesh.run_mesh(ssh, hosts, python_for=lambda _host: options.python,
+                              timeout_s=options.timeout_s)
+    except Exception as exc:  # a bug in a test must not pass for a healthy network
+        return crashed(ready, "mesh.tcp", exc)
+    return {n: list(found.get(n) or [skipped("mesh.tcp", "no result")]) for n in ready}
+
+
+def run_mpi_step(choice: InterfaceChoice, ready: list[str], slots: Mapping[str, int],
+                 options: Options, say: Say) -> tuple[dict[str, list[CheckResult]], dict]:
+    if not options.mpi:
+        return {n: [skipped("mpi.allreduce", "skipped: --no-mpi")] for n in ready}, {}
+    if not ready:
+        return {}, {}
+    mpi = optional_module("mpi")
+    if isinstance(mpi, str):
+        return {n: [skipped("mpi.allreduce", mpi)] for n in ready}, {}
+    say(f"MPI allreduce over {len(ready)} host(s)")
+    hosts = [mpi.MpiHost(n, choice.addresses[n], slots[n]) for n in ready]
+    try:
+        found, matrices = mpi.run_mpi(hosts, choice.interface or "", choice.cidr or "",
+                                      options.python, bandwidth=options.bandwidth,
+                                      timeout_s=max(30.0, 3 * options.timeout_s))
+    except Exception as exc:
+        return crashed(ready, "mpi.allreduce", exc), {}
+    return {n: list(found.get(n) or [skipped("mpi.allreduce", "no result")])
+            for n in ready}, dict(matrices or {})
+
+
+def optional_module(name: str):
+    """checks.<name>, or a line saying why it is not available."""
+    try:
+        return importlib.import_module(f"{__package__}.checks.{name}")
+    except ImportError as exc:
+        return f"not run: preflight.checks.{name} unavailable ({exc})"
+
+
+def crashed(hosts: list[str], check_id: str, exc: Exception) -> dict[str, list[CheckResult]]:
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    result = failed(check_id, f"the test itself crashed: {type(exc).__name__}: {exc}",
+                    "a preflight bug: see the traceback above and report it")
+    return {n: [result] for n in hosts}
+
+
+def first_address(host: str, facts: Mapping[str, Facts]) -> str | None:
+    found = sorted(resolve.resolved_addresses(host, facts))
+    return found[0] if found else None
+
+
+def candidates(facts: Mapping[str, Facts], names: list[str]) -> tuple[dict, ...]:
+    """Neighbour-table entries (--neighbours) that are not inventory hosts: hosts to consider."""
+    known = {str(a.ip) for f in facts.values() for i in f.interfaces for a in (*i.ipv4, *i.ipv6)}
+    known |= {a for n in names for a in resolve.resolved_addresses(n, facts)}
+    seen: dict[str, dict] = {}
+    for host, f in facts.items():
+        for n in f.neighbours or ():
+            if n.address in known or "FAILED" in n.state or "INCOMPLETE" in n.state:
+                continue
+            entry = seen.setdefault(n.address, {"address": n.address, "mac": n.mac,
+                                                "seen_from": []})
+            entry["seen_from"].append(f"{host} {n.dev}")
+    return tuple(seen.values())

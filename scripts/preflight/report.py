@@ -1,0 +1,190 @@
+"""The outputs: a table a person reads at a glance, preflight.json, and the hostfile.
+
+Both files are written atomically (a temp file in the same folder, then os.replace), so a reader
+never sees half a file. The hostfile holds only `host slots=N` lines of the healthy hosts: no
+comments, no blank lines (horovodrun --hostfile rejects them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .pipeline import Outcome
+from .result import HostReport, Report, Status
+
+FAMILIES = ("ssh", "resolve", "interface", "mesh", "mtu", "software", "resources", "clock",
+            "mpi")
+MARKS = {Status.PASS: ("✓", "green"), Status.WARN: ("!", "yellow"), Status.FAIL: ("✗", "red"),
+         Status.SKIP: ("–", "dim"), None: ("–", "dim")}
+ASCII_MARKS = {"✓": "ok", "!": "!", "✗": "X", "–": "-"}
+PLAIN_WIDTH = 140
+
+
+def preflight_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("horovod-preflight")
+    except metadata.PackageNotFoundError:
+        return "0.1.0"
+
+
+def hostfile_text(report: Report) -> str:
+    return "".join(f"{h.host} slots={h.slots}\n" for h in report.healthy)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def document(outcome: Outcome) -> dict:
+    """The preflight.json content."""
+    doc = outcome.report.as_dict()
+    doc["matrices"] = outcome.matrices
+    doc["passed_over"] = outcome.choice.passed_over_for()
+    if outcome.candidates:
+        doc["candidates"] = list(outcome.candidates)
+    return doc
+
+
+def write_outputs(outcome: Outcome, hostfile: Path, report_path: Path,
+                  inventory_source: str) -> tuple[Outcome, str]:
+    """Writes the hostfile (healthy hosts only) and the report; returns the final outcome and a
+    line about the hostfile."""
+    report = outcome.report
+    text = hostfile_text(report)
+    if text:
+        data = text.encode()
+        write_atomic(hostfile, data)
+        digest, written, note = hashlib.sha256(data).hexdigest(), str(hostfile), str(hostfile)
+    else:
+        digest, written = None, None
+        note = "no healthy host: no hostfile written"
+        if Path(hostfile).is_file():  # a stale one must not be taken for this run's verdict
+            os.unlink(hostfile)
+            note += f" (removed the old {hostfile})"
+    provenance = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inventory": inventory_source,
+        "checks": list(outcome.checks_run),
+        "hostfile": written,
+        "hostfile_sha256": digest,
+        "preflight_version": preflight_version(),
+    }
+    report = dataclasses.replace(report, provenance=provenance)
+    outcome = dataclasses.replace(outcome, report=report)
+    data = (json.dumps(document(outcome), indent=2) + "\n").encode()
+    write_atomic(report_path, data)
+    return outcome, note
+
+
+def table(report: Report, unicode: bool = True) -> Table:
+    grid = Table(title="preflight", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    for name in ("host", "address", "slots"):
+        grid.add_column(name, justify="right" if name == "slots" else "left", no_wrap=True)
+    for family in FAMILIES:
+        grid.add_column(family, justify="center")
+    for host in report.hosts:
+        grid.add_row(host.host, host.address or "–", str(host.slots),
+                     *(mark(host, f, unicode) for f in FAMILIES))
+    return grid
+
+
+def mark(host: HostReport, family: str, unicode: bool = True) -> Text:
+    symbol, style = MARKS[host.family_status(family)]
+    return Text(symbol if unicode else ASCII_MARKS[symbol], style=style)
+
+
+def problems(report: Report) -> list[Text]:
+    """One line per failure and warning, with its remedy, failures first."""
+    lines = []
+    for status, style in ((Status.FAIL, "red"), (Status.WARN, "yellow")):
+        for host in report.hosts:
+            for c in host.checks:
+                if c.status is status:
+                    line = Text(f"{status.value.upper()} ", style=f"bold {style}")
+                    line.append(f"{host.host} {c.id}: {c.detail}\n")
+                    line.append("     fix: ", style="bold")
+                    line.append(c.remedy)
+                    lines.append(line)
+    return lines
+
+
+def summary(outcome: Outcome, hostfile_note: str) -> str:
+    report = outcome.report
+    healthy, total = len(report.healthy), len(report.hosts)
+    iface = (f"{report.interface} ({report.interface_cidr})" if report.interface
+             else "no interface")
+    verdict = "all hosts healthy" if report.ok else f"{healthy} of {total} hosts healthy"
+    return f"{verdict}; interface {iface}; np {report.np}; hostfile: {hostfile_note}"
+
+
+def render(outcome: Outcome, hostfile_note: str, console: Console, quiet: bool = False) -> None:
+    unicode = (console.encoding or "").lower().startswith("utf")
+    if not quiet:
+        console.print(table(outcome.report, unicode))
+        for line in problems(outcome.report):
+            console.print(line)
+        over = outcome.choice.passed_over_for()
+        if over:
+            console.print(Text("passed over: " + "; ".join(over), style="dim"))
+        for c in outcome.candidates:
+            console.print(f"neighbour (not in the inventory, not checked): {c['address']} "
+                          f"seen from {', '.join(c['seen_from'])}")
+    style = "bold green" if outcome.report.ok else "bold red"
+    console.print(Text(summary(outcome, hostfile_note), style=style))
+
+
+class Progress:
+    """What the preflight is doing, on stderr: a spinner on a terminal, plain lines elsewhere."""
+
+    def __init__(self, console: Console, quiet: bool = False) -> None:
+        self.console, self.quiet = console, quiet
+        self._status = None
+
+    def __call__(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self._status is not None:
+            self._status.update(f"preflight: {message}")
+            self.console.log(message)  # leaves a trail of what was done above the spinner
+        else:
+            print(f"preflight: {message}", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def running(self) -> Iterator[Progress]:
+        if self.quiet or not self.console.is_terminal:
+            yield self
+            return
+        with self.console.status("preflight: starting") as status:
+            self._status = status
+            try:
+                yield self
+            finally:
+                self._status = None

@@ -1,0 +1,175 @@
+"""The active checks between hosts (mesh.tcp, mtu.path, mpi.*) on the simulated cluster.
+
+Everything runs from h1 as the preflight would: the mesh agents over real ssh, mpirun over real
+ssh with real Open MPI, and the faults are real iptables rules and MTUs. Needs root; see
+conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_PY = ROOT / ".venv" / "bin" / "python"
+CIDR = "10.231.0.0/24"
+MESH_TIMEOUT_S = 10
+MPI_HANG_TIMEOUT_S = 15
+
+# Runs on h1: one check family over the hosts given, printed as one JSON line.
+DRIVER = """
+import json, sys, time
+spec = json.loads(sys.argv[1])
+start = time.monotonic()
+if spec["kind"] == "mesh":
+    from preflight.checks.mesh import MeshHost, run_mesh
+    from preflight.remote import Ssh
+    with Ssh() as ssh:
+        results = run_mesh(ssh, [MeshHost(**h) for h in spec["hosts"]],
+                           timeout_s=spec["timeout_s"])
+    measured = {}
+else:
+    from preflight.checks.mpi import MpiHost, run_mpi
+    results, measured = run_mpi([MpiHost(**h) for h in spec["hosts"]], spec["interface"],
+                                spec["cidr"], sys.executable, bandwidth=spec["bandwidth"],
+                                timeout_s=spec["timeout_s"])
+print(json.dumps({"seconds": time.monotonic() - start, "measured": measured,
+                  "results": {h: [c.as_dict() for c in cs] for h, cs in results.items()}}))
+"""
+
+
+def python() -> str:
+    return str(VENV_PY) if VENV_PY.exists() else sys.executable
+
+
+def from_h1(cluster, spec: dict, timeout: float = 120) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts")}
+    proc = cluster.exec("h1", python(), "-c", DRIVER, json.dumps(spec), env=env, cwd=ROOT,
+                        timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"{spec['kind']} over {[h['name'] for h in spec['hosts']]}: {out['seconds']:.2f}s")
+    return out
+
+
+def mesh(cluster, hosts=None) -> dict:
+    hosts = hosts or cluster.hosts
+    return from_h1(cluster, {"kind": "mesh", "timeout_s": MESH_TIMEOUT_S, "hosts": [
+        {"name": h, "address": cluster.addresses[h], "interface": cluster.interfaces[h],
+         "mtu": 1500} for h in hosts]})
+
+
+def mpi(cluster, hosts=None, bandwidth: bool = False, timeout_s: float = 60) -> dict:
+    hosts = hosts or cluster.hosts
+    return from_h1(cluster, {"kind": "mpi", "interface": "eth0", "cidr": CIDR,
+                             "bandwidth": bandwidth, "timeout_s": timeout_s, "hosts": [
+                                 {"name": h, "address": cluster.addresses[h], "slots": 1}
+                                 for h in hosts]})
+
+
+def status_of(out: dict, check_id: str) -> dict[str, str]:
+    return {host: next(c["status"] for c in checks if c["id"] == check_id)
+            for host, checks in out["results"].items()}
+
+
+def check(out: dict, host: str, check_id: str) -> dict:
+    return next(c for c in out["results"][host] if c["id"] == check_id)
+
+
+# --- mesh.tcp and mtu.path ----------------------------------------------------------------------
+
+def test_a_healthy_cluster_passes_mesh_and_mtu_on_every_host(cluster):
+    out = mesh(cluster)
+    assert status_of(out, "mesh.tcp") == {"h1": "pass", "h2": "pass", "h3": "pass"}, out
+    assert status_of(out, "mtu.path") == {"h1": "pass", "h2": "pass", "h3": "pass"}, out
+    assert "median round trip" in check(out, "h2", "mesh.tcp")["detail"]
+    assert "1500-byte packets" in check(out, "h3", "mtu.path")["detail"]
+    assert out["seconds"] < MESH_TIMEOUT_S
+
+
+def test_a_firewall_on_h2_fails_mesh_tcp_on_h2_alone_with_a_remedy(cluster):
+    cluster.fault("h2", "firewall", "on")
+    try:
+        out = mesh(cluster)
+    finally:
+        cluster.fault("h2", "firewall", "off")
+    assert status_of(out, "mesh.tcp") == {"h1": "pass", "h2": "fail", "h3": "pass"}, out
+    h2 = check(out, "h2", "mesh.tcp")
+    assert "from h1, h3 while ssh works: a firewall drops ports above 1024" in h2["detail"]
+    assert "open TCP ports 1024-65535" in h2["remedy"]
+    assert "fix the firewall on h2" in h2["remedy"]
+    # UDP is not dropped by this firewall: the MTU is still measured, and fine.
+    assert status_of(out, "mtu.path") == {"h1": "pass", "h2": "pass", "h3": "pass"}, out
+    assert out["seconds"] < MESH_TIMEOUT_S + 2
+
+
+def test_mtu_1400_on_h3_fails_mtu_path_on_h3_alone(cluster):
+    cluster.fault("h3", "mtu", "on", 1400)
+    try:
+        out = mesh(cluster)
+    finally:
+        cluster.fault("h3", "mtu", "off")
+    assert status_of(out, "mtu.path") == {"h1": "pass", "h2": "pass", "h3": "fail"}, out
+    h3 = check(out, "h3", "mtu.path")
+    assert "path MTU h1↔h3 is 1400" in h3["detail"]
+    assert "eth0 MTU is 1400 on h3" in h3["detail"]
+    assert h3["remedy"] == "set the same MTU on every host: ip link set eth0 mtu 1500 on h3"
+    # TCP adapts its segment size, which is why a wrong MTU passes ssh and ping -c 1.
+    assert status_of(out, "mesh.tcp") == {"h1": "pass", "h2": "pass", "h3": "pass"}, out
+
+
+def test_a_host_whose_sshd_is_down_fails_mesh_tcp_quickly_and_alone(cluster):
+    cluster.fault("h3", "sshd", "on")
+    try:
+        out = mesh(cluster)
+    finally:
+        cluster.fault("h3", "sshd", "off")
+    assert status_of(out, "mesh.tcp") == {"h1": "pass", "h2": "pass", "h3": "fail"}, out
+    assert "did not run on h3" in check(out, "h3", "mesh.tcp")["detail"]
+    assert out["seconds"] < MESH_TIMEOUT_S + 2
+
+
+# --- mpi ----------------------------------------------------------------------------------------
+
+def test_mpirun_checks_an_allreduce_across_three_hosts_and_times_every_pair(cluster):
+    out = mpi(cluster)
+    assert status_of(out, "mpi.allreduce") == {"h1": "pass", "h2": "pass", "h3": "pass"}, out
+    assert "allreduce over 3 ranks on h1, h2, h3 checked" in check(out, "h1",
+                                                                    "mpi.allreduce")["detail"]
+    latency = out["measured"]["latency_us"]
+    assert {h: sorted(row) for h, row in latency.items()} == {
+        "h1": ["h2", "h3"], "h2": ["h1", "h3"], "h3": ["h1", "h2"]}
+    assert all(0 < us < 100_000 for row in latency.values() for us in row.values())
+
+
+def test_the_bandwidth_matrix_has_every_pair_both_ways(cluster):
+    out = mpi(cluster, bandwidth=True)
+    assert status_of(out, "mpi.bandwidth") == {"h1": "pass", "h2": "pass", "h3": "pass"}, out
+    rates = out["measured"]["bandwidth_MBps"]
+    assert {h: sorted(row) for h, row in rates.items()} == {
+        "h1": ["h2", "h3"], "h2": ["h1", "h3"], "h3": ["h1", "h2"]}
+    assert all(mbps > 0 for row in rates.values() for mbps in row.values())
+
+
+def test_a_firewall_on_h2_makes_mpi_hang_and_is_reported_within_the_timeout(cluster):
+    cluster.fault("h2", "firewall", "on")
+    try:
+        start = time.monotonic()
+        hung = mpi(cluster, timeout_s=MPI_HANG_TIMEOUT_S)
+        elapsed = time.monotonic() - start
+        without_h2 = mpi(cluster, hosts=["h1", "h3"])
+    finally:
+        cluster.fault("h2", "firewall", "off")
+    assert status_of(hung, "mpi.allreduce") == {"h1": "fail", "h2": "fail", "h3": "fail"}, hung
+    failure = check(hung, "h2", "mpi.allreduce")
+    assert failure["detail"].startswith("mpirun hung for 1"), failure
+    assert "firewall" in failure["remedy"]
+    assert elapsed < MPI_HANG_TIMEOUT_S + 15
+    assert status_of(without_h2, "mpi.allreduce") == {"h1": "pass", "h3": "pass"}, without_h2

@@ -1,0 +1,380 @@
+"""Behaviour of the simulated cluster (scripts/cluster.sh): hosts, ssh, names and faults.
+
+All real: network namespaces, sshd, iptables. Needs root; see conftest.py.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+PY = sys.executable
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cluster.sh"
+CONNECT = ("import socket, sys\n"
+           "socket.create_connection((sys.argv[1], int(sys.argv[2])), "
+           "timeout=float(sys.argv[3])).close()\n")
+# Accepts and closes connections on a port until killed or 60 s have passed.
+LISTEN = ("import socket, sys, time\n"
+          "srv = socket.create_server(('0.0.0.0', int(sys.argv[1])))\n"
+          "srv.settimeout(0.5)\n"
+          "end = time.time() + 60\n"
+          "while time.time() < end:\n"
+          "    try:\n"
+          "        conn, _ = srv.accept()\n"
+          "        conn.close()\n"
+          "    except socket.timeout:\n"
+          "        pass\n")
+HIGH_PORT = 45123
+
+
+def tcp_connects(cluster, src: str, address: str, port: int, timeout: float = 1.5) -> bool:
+    """Whether a TCP connection from host ``src`` to address:port is accepted."""
+    return cluster.exec(src, PY, "-c", CONNECT, address, str(port), str(timeout)).returncode == 0
+
+
+def eventually(check, tries: int = 30, delay: float = 0.1) -> bool:
+    for _ in range(tries):
+        if check():
+            return True
+        time.sleep(delay)
+    return False
+
+
+def ping_loss(cluster, src: str, address: str, *args: str) -> float:
+    proc = cluster.exec(src, "ping", "-q", "-W", "1", *args, address)
+    match = re.search(r"([\d.]+)% packet loss", proc.stdout)
+    assert match, proc.stdout + proc.stderr
+    return float(match.group(1))
+
+
+# --- hosts, names and interfaces ----------------------------------------------------------------
+
+def test_each_host_has_its_own_hostname(cluster):
+    assert cluster.hosts == ["h1", "h2", "h3"]
+    for host in cluster.hosts:
+        assert cluster.exec(host, "hostname").stdout.strip() == host
+    assert socket.gethostname() not in cluster.hosts  # the machine itself keeps its name
+
+
+def test_each_host_has_its_own_address_and_no_default_route(cluster):
+    assert cluster.addresses == {"h1": "10.231.0.11", "h2": "10.231.0.12", "h3": "10.231.0.13"}
+    for host, address in cluster.addresses.items():
+        addrs = cluster.exec(host, "ip", "-br", "addr", "show", "eth0").stdout
+        assert f"{address}/24" in addrs
+        assert cluster.exec(host, "ip", "route", "show", "default").stdout.strip() == ""
+
+
+def test_nothing_is_added_to_the_root_namespace(cluster):
+    root_addrs = subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True).stdout
+    root_links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    root_routes = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
+    assert "10.231." not in root_addrs and "10.232." not in root_addrs
+    assert "10.231." not in root_routes
+    assert "port-h" not in root_links and "br0" not in root_links
+    assert "10.231." not in Path("/etc/hosts").read_text()
+
+
+def test_names_resolve_per_host_through_etc_netns(cluster):
+    for src in cluster.hosts:
+        for dst, address in cluster.addresses.items():
+            if (src, dst) == ("h3", "h3"):
+                continue
+            out = cluster.exec(src, "getent", "hosts", dst).stdout.split()
+            assert out[:2] == [address, dst], (src, dst, out)
+    # h3 has Debian's default line, so its own name resolves to loopback first: the classic cause
+    # of MPI ranks advertising 127.0.1.1 to each other.
+    assert cluster.exec("h3", "getent", "hosts", "h3").stdout.split()[0] == "127.0.1.1"
+    assert "127.0.1.1" in Path(f"/etc/netns/{cluster.prefix}-h3/hosts").read_text()
+    assert "127.0.1.1" not in Path(f"/etc/netns/{cluster.prefix}-h1/hosts").read_text()
+
+
+def test_decoy_docker0_has_the_same_address_and_is_up_on_every_host(cluster):
+    for host in cluster.hosts:
+        addr = cluster.exec(host, "ip", "-br", "addr", "show", "docker0").stdout
+        link = cluster.exec(host, "ip", "-br", "link", "show", "docker0").stdout
+        assert "172.17.0.1/16" in addr, addr
+        assert " UP " in link and "LOWER_UP" in link, link
+
+
+def test_second_interface_exists_only_on_h2(cluster):
+    eth1 = cluster.exec("h2", "ip", "-br", "addr", "show", "eth1").stdout
+    assert "10.232.2.1/24" in eth1 and " UP " in eth1
+    assert cluster.exec("h1", "ip", "link", "show", "eth1").returncode != 0
+    assert not tcp_connects(cluster, "h1", "10.232.2.1", 22, timeout=0.5)  # it reaches nothing
+
+
+# --- ssh ----------------------------------------------------------------------------------------
+
+def test_ssh_between_hosts_works_with_the_key_in_batch_mode(cluster):
+    for dst, address in cluster.addresses.items():
+        for target in (dst, address):
+            proc = cluster.ssh("h1", target, "hostname")
+            assert proc.returncode == 0, proc.stderr
+            assert proc.stdout.strip() == dst
+
+
+def test_ssh_never_accepts_a_password(cluster):
+    proc = cluster.exec("h1", "ssh", "-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no",
+                        "-o", "PasswordAuthentication=yes",
+                        "-o", "KbdInteractiveAuthentication=yes", "h2", "true")
+    assert proc.returncode == 255
+    assert "Permission denied (publickey)" in proc.stderr
+
+
+def test_ssh_checks_host_keys(cluster):
+    proc = cluster.exec("h1", "ssh", "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=/dev/null",
+                        "-o", "StrictHostKeyChecking=yes", "h2", "true")
+    assert proc.returncode == 255
+    assert "Host key verification failed" in proc.stderr
+
+
+def test_sshd_takes_many_sessions_at_once(cluster):
+    # mpirun and the preflight open a session per rank or check at the same time.
+    script = ("import subprocess\n"
+              "cmd = ['ssh', '-o', 'BatchMode=yes', 'h2', 'true']\n"
+              "procs = [subprocess.Popen(cmd) for _ in range(40)]\n"
+              "print(sum(p.wait() != 0 for p in procs))\n")
+    proc = cluster.exec("h1", PY, "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0", proc.stderr
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def test_exec_passes_argv_stdin_and_exit_status(cluster):
+    out = cluster.exec("h1", "printf", "%s|", "a b", "$HOME", "*", ";true").stdout
+    assert out == "a b|$HOME|*|;true|"
+    assert cluster.exec("h2", "cat", input="through stdin\n").stdout == "through stdin\n"
+    assert cluster.exec("h3", "sh", "-c", "exit 7").returncode == 7
+
+
+def test_hosts_and_status_describe_the_cluster(cluster):
+    assert cluster.run("hosts").stdout.split() == cluster.hosts
+    status = cluster.run("status")
+    assert status.returncode == 0
+    for host, address in cluster.addresses.items():
+        assert re.search(rf"^{host}\s.*{re.escape(address)}\s+up \(pid \d+\)", status.stdout, re.M)
+    assert "faults: none" in status.stdout
+
+
+def test_up_again_with_the_same_options_is_idempotent(cluster):
+    pids = {h: (cluster.state_dir / h / "sshd.pid").read_text() for h in cluster.hosts}
+    proc = cluster.run(*cluster.up_args)
+    assert proc.returncode == 0, proc.stderr
+    assert "already up" in proc.stdout
+    assert {h: (cluster.state_dir / h / "sshd.pid").read_text() for h in cluster.hosts} == pids
+
+
+def test_ssh_config_block_is_at_the_top_of_the_users_config(cluster):
+    lines = (Path.home() / ".ssh" / "config").read_text().splitlines()
+    begin = f"# >>> {cluster.prefix} cluster (scripts/cluster.sh) >>>"
+    assert begin in lines and f"# <<< {cluster.prefix} cluster <<<" in lines
+    assert f"Include {cluster.state_dir}/ssh_config" in lines
+    assert lines.index(begin) == 0 or all(
+        line.startswith("#") or line.startswith("Include") for line in lines[:lines.index(begin)])
+
+
+BAD_INPUT = [
+    (["frobnicate"], "unknown command"),
+    (["up", "0"], "host count '0'"),
+    (["up", "33"], "host count '33'"),
+    (["up", "three"], "host count 'three'"),
+    (["up", "3", "--decoy-bridge", "h4"], "unknown host 'h4'"),
+    (["up", "3", "--mtu", "h1=big"], "not a valid MTU"),
+    (["up", "3", "--bogus"], "unknown option '--bogus'"),
+    (["fault", "h9", "link", "on"], "unknown host 'h9'"),
+    (["fault", "h1", "meteor", "on"], "unknown fault kind 'meteor'"),
+    (["fault", "h1", "link", "sideways"], "must be 'on' or 'off'"),
+    (["fault", "h1", "loss", "on", "150"], "loss percent '150'"),
+    (["exec", "h9", "true"], "unknown host 'h9'"),
+    (["exec", "h1"], "exec needs a host and a command"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_exits_2_with_a_one_line_message(cluster, args, message):
+    proc = cluster.run(*args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("cluster.sh: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert message in proc.stderr
+    assert cluster.run("status").returncode == 0  # bad input never touches the running cluster
+
+
+def test_without_root_it_says_how_to_run_it_and_exits_1():
+    runuser = "/usr/sbin/runuser"
+    if not Path(runuser).exists() or subprocess.run(["id", "-u"], capture_output=True,
+                                                    text=True).stdout.strip() != "0":
+        pytest.skip("needs root and runuser to run cluster.sh as user nobody")
+    proc = subprocess.run([runuser, "-u", "nobody", "--", str(SCRIPT), "up", "3"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ("cluster.sh: needs root (network namespaces); "
+                                   "run: sudo scripts/cluster.sh up N")
+
+
+def test_help_documents_every_command_and_fault_kind():
+    proc = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0
+    for word in ("up [N]", "down", "status", "hosts", "exec HOST CMD", "fault HOST KIND on|off",
+                 "--decoy-bridge", "--second-if", "--debian-hosts", "--mtu", "--ifname",
+                 "link", "loss", "delay", "sshd", "firewall", "mtu", "HVSIM_DIR", "HVSIM_PREFIX"):
+        assert word in proc.stdout, word
+
+
+# --- faults -------------------------------------------------------------------------------------
+
+def test_fault_link_cuts_the_host_off_then_restores_it(cluster):
+    h2 = cluster.addresses["h2"]
+    assert tcp_connects(cluster, "h1", h2, 22)
+    cluster.fault("h1", "link", "on")
+    try:
+        assert "DOWN" in cluster.exec("h1", "ip", "-br", "link", "show", "eth0").stdout
+        assert not tcp_connects(cluster, "h1", h2, 22)
+        assert not tcp_connects(cluster, "h2", cluster.addresses["h1"], 22)
+        assert "fault: h1 link on" in cluster.run("status").stdout
+    finally:
+        cluster.fault("h1", "link", "off")
+    assert eventually(lambda: tcp_connects(cluster, "h1", h2, 22))
+    assert "fault: h1 link" not in cluster.run("status").stdout
+
+
+def test_fault_sshd_refuses_ssh_then_accepts_it_again(cluster):
+    cluster.fault("h2", "sshd", "on")
+    try:
+        proc = cluster.ssh("h1", "h2", "true")
+        assert proc.returncode == 255 and "refused" in proc.stderr, proc.stderr
+        assert cluster.exec("h2", "hostname").stdout.strip() == "h2"  # the host itself is fine
+        assert re.search(r"^h2\s.*\sdown\b", cluster.run("status").stdout, re.M)
+    finally:
+        cluster.fault("h2", "sshd", "off")
+    proc = cluster.ssh("h1", "h2", "hostname")
+    assert proc.returncode == 0 and proc.stdout.strip() == "h2", proc.stderr
+
+
+def test_fault_firewall_blocks_high_ports_but_not_ssh(cluster):
+    h2 = cluster.addresses["h2"]
+    listener = subprocess.Popen([str(cluster.script), "exec", "h2", PY, "-c", LISTEN, str(HIGH_PORT)],
+                                env=cluster.env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        assert eventually(lambda: tcp_connects(cluster, "h1", h2, HIGH_PORT), tries=50)
+        cluster.fault("h2", "firewall", "on")
+        try:
+            assert not tcp_connects(cluster, "h1", h2, HIGH_PORT, timeout=1.0)
+            assert cluster.ssh("h1", "h2", "true").returncode == 0  # ssh works: mpirun would hang
+        finally:
+            cluster.fault("h2", "firewall", "off")
+        assert tcp_connects(cluster, "h1", h2, HIGH_PORT)
+    finally:
+        listener.kill()
+        listener.wait(timeout=10)
+
+
+def test_fault_loss_drops_some_packets_then_none(cluster):
+    h2 = cluster.addresses["h2"]
+    cluster.fault("h2", "loss", "on", 50)
+    try:
+        # At 50% the chance that all 30 requests get through is 1e-9.
+        assert ping_loss(cluster, "h1", h2, "-c", "30", "-i", "0.05") > 0
+    finally:
+        cluster.fault("h2", "loss", "off")
+    assert ping_loss(cluster, "h1", h2, "-c", "10", "-i", "0.05") == 0
+
+
+def test_fault_mtu_breaks_full_size_frames_then_recovers(cluster):
+    h3 = cluster.addresses["h3"]
+
+    def df_ping(size: int) -> int:
+        return cluster.exec("h1", "ping", "-c", "1", "-W", "1", "-M", "do", "-s", str(size),
+                            h3).returncode
+
+    assert df_ping(1472) == 0  # 1472 + 28 bytes of headers = 1500
+    cluster.fault("h3", "mtu", "on", 1400)
+    try:
+        assert "mtu 1400" in cluster.exec("h3", "ip", "link", "show", "eth0").stdout
+        assert df_ping(1472) != 0  # dropped on arrival, silently, as a real mismatch does
+        assert df_ping(1372) == 0
+    finally:
+        cluster.fault("h3", "mtu", "off")
+    assert "mtu 1500" in cluster.exec("h3", "ip", "link", "show", "eth0").stdout
+    assert df_ping(1472) == 0
+
+
+def test_fault_delay_uses_netem_or_says_the_kernel_lacks_it(cluster):
+    h2 = cluster.addresses["h2"]
+    proc = cluster.fault("h2", "delay", "on", 100, check=False)
+    if proc.returncode == 3:
+        assert proc.stderr.strip() == ("cluster.sh: this kernel has no netem qdisc (sch_netem); "
+                                       "delay cannot be simulated")
+        assert "delay" not in cluster.run("status").stdout
+        return
+    try:
+        assert proc.returncode == 0, proc.stderr
+        out = cluster.exec("h1", "ping", "-c", "3", "-i", "0.2", h2).stdout
+        rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+        assert rtts and min(rtts) >= 90, out
+    finally:
+        cluster.fault("h2", "delay", "off")
+
+
+def test_fault_debian_hosts_adds_then_removes_the_loopback_line(cluster):
+    def own_address(via_ssh: bool) -> str:
+        argv = ("getent", "hosts", "h1")
+        proc = cluster.ssh("h2", "h1", *argv) if via_ssh else cluster.exec("h1", *argv)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()[0]
+
+    assert own_address(via_ssh=False) == "10.231.0.11"
+    cluster.fault("h1", "debian-hosts", "on")
+    try:
+        # Both new processes and sessions of the already running sshd see the change.
+        assert own_address(via_ssh=False) == "127.0.1.1"
+        assert own_address(via_ssh=True) == "127.0.1.1"
+        cluster.fault("h1", "debian-hosts", "on")
+        hosts = Path(f"/etc/netns/{cluster.prefix}-h1/hosts").read_text()
+        assert hosts.count("127.0.1.1") == 1
+        assert hosts.index("127.0.1.1") < hosts.index("10.231.0.11")
+        assert "fault: h1 debian-hosts on" in cluster.run("status").stdout
+    finally:
+        cluster.fault("h1", "debian-hosts", "off")
+    assert own_address(via_ssh=False) == "10.231.0.11"
+    assert own_address(via_ssh=True) == "10.231.0.11"
+
+
+def test_exec_takes_an_environment_and_working_directory(cluster, tmp_path):
+    proc = cluster.exec("h2", "sh", "-c", 'echo "$HVSIM_TEST_VAR $(pwd)"',
+                        env={"PATH": "/usr/bin:/bin", "HVSIM_TEST_VAR": "seen"}, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"seen {tmp_path}"
+
+
+def test_faults_are_idempotent_and_listed_in_status(cluster):
+    def firewall_rules() -> int:
+        rules = cluster.exec("h2", "iptables", "-S", "INPUT").stdout
+        return rules.count("hvsim-firewall")
+
+    try:
+        cluster.fault("h2", "firewall", "on")
+        cluster.fault("h2", "firewall", "on")
+        cluster.fault("h2", "loss", "on", 10)
+        cluster.fault("h2", "loss", "on", 20)
+        assert firewall_rules() == 1
+        rules = cluster.exec("h2", "iptables", "-S", "INPUT").stdout
+        assert rules.count("hvsim-loss") == 1 and "0.2000" in rules
+        status = cluster.run("status").stdout
+        assert "fault: h2 firewall on" in status and "fault: h2 loss on (20)" in status
+    finally:
+        cluster.fault("h2", "firewall", "off")
+        cluster.fault("h2", "loss", "off")
+    cluster.fault("h2", "firewall", "off")
+    assert firewall_rules() == 0
+    assert "hvsim-loss" not in cluster.exec("h2", "iptables", "-S", "INPUT").stdout
+    assert "faults: none" in cluster.run("status").stdout

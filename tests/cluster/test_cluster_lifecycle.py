@@ -1,0 +1,166 @@
+"""`cluster.sh up` then `down` leaves the machine exactly as it found it.
+
+These tests build their own clusters under a separate namespace prefix (HVSIM_PREFIX=hvlc) and
+state directory, so they never collide with the session cluster of test_cluster.py (prefix hvsim),
+whether or not that one is up, and they bring down nothing but their own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cluster.sh"
+PREFIX = "hvlc"
+OUR_NS = re.compile(rf"^{PREFIX}-(sw|h\d+)$")
+
+
+@pytest.fixture
+def lc_env(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: scripts/cluster.sh builds network namespaces "
+                    "(run: sudo python3 -m pytest tests/cluster)")
+    env = {**os.environ, "HVSIM_PREFIX": PREFIX, "HVSIM_DIR": str(tmp_path / "state")}
+    yield env
+    # Whatever the test did, leave none of its cluster behind.
+    subprocess.run([str(SCRIPT), "down"], env=env, capture_output=True, timeout=120)
+
+
+def cluster_sh(env, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def namespaces() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return sorted(line.split()[0] for line in out.splitlines() if line.strip())
+
+
+def root_links() -> str:
+    return subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+
+
+SESSION_NS = re.compile(r"^hvsim-(sw|h\d+)$")
+SESSION_DIR = os.environ.get("HVSIM_DIR") or "/tmp/hvsim"
+BLOCK = re.compile(r"^# >>> (\S+) cluster \(scripts/cluster.sh\) >>>\n.*?^# <<< \1 cluster <<<\n",
+                   re.M | re.S)
+
+
+def processes(*needles: str) -> set[str]:
+    """Live processes whose command line contains one of ``needles``."""
+    out = subprocess.run(["ps", "-eww", "-o", "pid=,stat=,args="], capture_output=True,
+                         text=True).stdout
+    procs = set()
+    for line in out.splitlines():
+        pid, stat, args = line.split(None, 2)
+        if stat.startswith("Z"):
+            continue  # exited, waiting for init to reap it
+        if any(needle in args for needle in needles):
+            procs.add(f"{pid} {args}")
+    return procs
+
+
+def ssh_config() -> str | None:
+    path = Path.home() / ".ssh" / "config"
+    return path.read_text() if path.exists() else None
+
+
+def snapshot(env) -> dict:
+    """What this module's clusters could change. Other sessions may build clusters under other
+    prefixes at the same time, so their namespaces, sshds and ~/.ssh/config blocks are left out;
+    the session cluster (prefix hvsim), if up, must survive untouched."""
+    config = ssh_config()
+    return {
+        "our namespaces": [ns for ns in namespaces() if OUR_NS.match(ns)],
+        "session cluster namespaces": [ns for ns in namespaces() if SESSION_NS.match(ns)],
+        "root links": root_links(),
+        "our processes": processes(env["HVSIM_DIR"], f"{PREFIX}-uts-"),
+        "session cluster processes": processes(f"{SESSION_DIR}/"),
+        "our ~/.ssh/config block": f"# >>> {PREFIX} cluster" in (config or ""),
+        "~/.ssh/config outside cluster blocks": BLOCK.sub("", config or ""),
+        "/etc/netns": sorted(p.name for p in Path("/etc/netns").glob(f"{PREFIX}-*")),
+    }
+
+
+def assert_same(before: dict, after: dict) -> None:
+    for key in before:
+        assert after[key] == before[key], f"{key} changed: before {before[key]!r} after {after[key]!r}"
+
+
+def test_up_8_then_down_leaves_the_machine_as_before(lc_env):
+    before = snapshot(lc_env)
+    assert before["our namespaces"] == [] and before["/etc/netns"] == []
+    assert before["our processes"] == set() and not before["our ~/.ssh/config block"]
+    up = cluster_sh(lc_env, "up", "8", "--ifname", "h2=ens5", "--mtu", "h3=9000",
+                    "--decoy-bridge", "h1,h8", "--second-if", "all")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert [ns for ns in namespaces() if OUR_NS.match(ns)] == sorted(
+            [f"{PREFIX}-sw"] + [f"{PREFIX}-h{i}" for i in range(1, 9)])
+        state = Path(lc_env["HVSIM_DIR"])
+        assert any(f"{state}/h8/sshd_config" in p for p in processes(str(state)))
+        ssh = cluster_sh(lc_env, "exec", "h1", "ssh", "-o", "BatchMode=yes", "h8", "hostname")
+        assert ssh.returncode == 0 and ssh.stdout.strip() == "h8", ssh.stderr
+        ens5 = cluster_sh(lc_env, "exec", "h2", "ip", "-br", "addr", "show", "ens5").stdout
+        assert "10.231.0.12/24" in ens5
+        assert "mtu 9000" in cluster_sh(lc_env, "exec", "h3", "ip", "link", "show", "eth0").stdout
+        assert f"# >>> {PREFIX} cluster (scripts/cluster.sh) >>>" in (ssh_config() or "")
+        assert root_links() == before["root links"]
+    finally:
+        down = cluster_sh(lc_env, "down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert_same(before, snapshot(lc_env))
+    assert not Path(lc_env["HVSIM_DIR"]).exists()
+
+
+def test_down_cleans_up_after_a_crash_halfway(lc_env):
+    before = snapshot(lc_env)
+    up = cluster_sh(lc_env, "up", "3")
+    assert up.returncode == 0, up.stdout + up.stderr
+    state = Path(lc_env["HVSIM_DIR"])
+    # Leave the mess a crash would: an sshd killed, the switch gone, state files half there,
+    # and a stray process still running inside a host's namespace.
+    os.kill(int((state / "h2" / "sshd.pid").read_text()), signal.SIGKILL)
+    subprocess.run(["ip", "netns", "del", f"{PREFIX}-sw"], check=True)
+    (state / "hosts").unlink()
+    (state / "config").unlink()
+    stray = subprocess.Popen(["ip", "netns", "exec", f"{PREFIX}-h3", "sleep", "300"],
+                             start_new_session=True)
+    try:
+        assert cluster_sh(lc_env, "status").returncode == 1  # not a usable cluster any more
+        down = cluster_sh(lc_env, "down")
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert stray.wait(timeout=10) != 0  # killed by down
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+    assert_same(before, snapshot(lc_env))
+    assert not state.exists()
+
+
+def test_interrupted_up_removes_what_it_built(lc_env):
+    before = snapshot(lc_env)
+    proc = subprocess.Popen([str(SCRIPT), "up", "6"], env=lc_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    # Wait until building has started, then interrupt it.
+    assert "building" in proc.stdout.readline()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "removing what was built" in err
+    assert_same(before, snapshot(lc_env))
+
+
+def test_down_with_nothing_there_says_so(lc_env):
+    proc = cluster_sh(lc_env, "down")
+    assert proc.returncode == 0
+    assert "nothing to remove" in proc.stdout
+    assert cluster_sh(lc_env, "status").returncode == 1
+    assert cluster_sh(lc_env, "hosts").returncode == 1

@@ -1,0 +1,71 @@
+"""`make train` on this machine: bad input stops early with one line and nothing written, and
+the default run trains the example to the accuracy target."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_train(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "REPORT": str(tmp_path / "preflight.json"),
+           "PREFLIGHT_HOSTFILE": str(tmp_path / "hostfile"), "OUT": str(tmp_path / "runs"),
+           **variables}
+    return subprocess.run(["make", "--no-print-directory", "train"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("make train:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_missing_hostfile_is_one_line_and_nothing_is_written(tmp_path: Path) -> None:
+    proc = make_train(tmp_path, HOSTFILE=str(tmp_path / "nope"))
+    assert proc.returncode != 0
+    assert "does not exist" in error_line(proc)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_empty_hostfile_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing here\n\n")
+    proc = make_train(tmp_path, HOSTFILE=str(empty))
+    assert proc.returncode != 0
+    assert "lists no hosts" in error_line(proc)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_np_above_the_slots_is_refused(tmp_path: Path) -> None:
+    proc = make_train(tmp_path, NP="99")
+    assert proc.returncode != 0
+    assert "NP=99 is more than the" in error_line(proc)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_of_a_folder_without_checkpoints_is_refused(tmp_path: Path) -> None:
+    proc = make_train(tmp_path, RESUME=str(tmp_path))
+    assert proc.returncode != 0
+    assert "has no checkpoints/" in error_line(proc)
+
+
+@pytest.mark.slow
+def test_default_train_reaches_the_accuracy_target_on_all_physical_cores(tmp_path: Path) -> None:
+    proc = make_train(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "preflight.json").read_text())
+    (run,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["world_size"] == report["np"] == psutil.cpu_count(logical=False)
+    assert metrics["val_accuracy"] >= 0.95
+    assert metrics["samples_per_second"] > 0
+    assert (run / "model.h5").is_file()
+    assert f"metrics {run / 'metrics.json'}" in proc.stdout

@@ -1,0 +1,266 @@
+"""The fact-based checks: ssh, resolve, software, resources, clock, on recorded probe output."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+from preflight.checks import clock, resolve, resources, software
+from preflight.checks import ssh as ssh_checks
+from preflight.facts import Facts
+from preflight.remote import RemoteResult
+from preflight.result import Status
+
+FACTS = Path(__file__).with_name("facts")
+HOSTS = ["h1", "h2", "h3"]
+
+
+def raw(host: str) -> dict:
+    return copy.deepcopy(json.loads((FACTS / f"{host}.json").read_text()))
+
+
+def facts(host: str, **changes) -> Facts:
+    d = raw(host)
+    d.update(changes)
+    return Facts.from_dict(d)
+
+
+def cluster(**per_host) -> dict[str, Facts]:
+    return {h: per_host.get(h) or facts(h) for h in HOSTS}
+
+
+def ssh_result(rc: int, stderr: str = "", timed_out: bool = False) -> RemoteResult:
+    return RemoteResult("h2", rc, "", stderr, 0.2, timed_out)
+
+
+# --- ssh ---------------------------------------------------------------------------------------
+
+def test_local_host_needs_no_ssh():
+    result = ssh_checks.check_login("localhost", None, local=True, timeout_s=10)
+    assert (result.status, result.detail) == (Status.PASS, "local, no ssh needed")
+
+
+@pytest.mark.parametrize(("stderr", "detail", "remedy"), [
+    ("root@h2: Permission denied (publickey,password).", "key login refused",
+     "ssh-copy-id h2"),
+    ("ssh: connect to host h2 port 22: Connection refused", "sshd not running",
+     "start sshd on h2"),
+    ("ssh: connect to host h2 port 22: Connection timed out", "timed out", "ping h2"),
+    ("ssh: connect to host h2 port 22: No route to host", "no route", "link state"),
+    ("ssh: Could not resolve hostname h2: Name or service not known", "cannot resolve",
+     "/etc/hosts"),
+    ("Host key verification failed.", "host key", "ssh-keyscan h2"),
+    ("kex_exchange_identification: read: Connection reset by peer", "ssh failed", "ssh -v h2"),
+])
+def test_ssh_failure_says_why_and_what_to_do(stderr, detail, remedy):
+    result = ssh_checks.check_login("h2", ssh_result(255, stderr), local=False, timeout_s=10)
+    assert result.status is Status.FAIL
+    assert detail in result.detail
+    assert remedy in result.remedy
+
+
+def test_host_key_remedy_never_turns_checking_off():
+    result = ssh_checks.check_login("h2", ssh_result(255, "Host key verification failed."),
+                                    local=False, timeout_s=10)
+    assert "StrictHostKeyChecking=no" not in result.remedy
+    assert "do not turn host-key checking off" in result.remedy
+
+
+def test_ssh_that_does_not_answer_in_time_fails_as_unreachable():
+    result = ssh_checks.check_login("h2", ssh_result(-1, timed_out=True), local=False,
+                                    timeout_s=4)
+    assert result.status is Status.FAIL
+    assert "no answer from h2 within 4 s" in result.detail
+
+
+def test_ssh_that_works_passes_and_the_probe_that_fails_is_its_own_check():
+    bad = ssh_result(127, "sh: 1: exec: python3: not found")
+    assert ssh_checks.check_login("h2", bad, local=False, timeout_s=10).status is Status.PASS
+    probe = ssh_checks.check_probe("h2", bad, None)
+    assert probe.status is Status.FAIL
+    assert "install python3 on h2" in probe.remedy
+
+
+def test_probe_is_skipped_when_ssh_failed():
+    probe = ssh_checks.check_probe("h2", ssh_result(255, "Permission denied"), None)
+    assert probe.status is Status.SKIP
+
+
+# --- resolve -----------------------------------------------------------------------------------
+
+def test_debian_127_0_1_1_line_fails_loopback_in_a_multi_host_job():
+    result = resolve.check_loopback("h3", facts("h3"), multi_host=True)
+    assert result.status is Status.FAIL
+    assert "127.0.1.1" in result.detail
+    assert result.remedy == ("remove the '127.0.1.1 h3' line from /etc/hosts on h3 or map h3 to "
+                             "its real address")
+
+
+def test_loopback_is_fine_for_one_host_alone():
+    result = resolve.check_loopback("h3", facts("h3"), multi_host=False)
+    assert result.status is Status.PASS
+
+
+def test_localhost_in_a_multi_host_inventory_fails_loopback():
+    result = resolve.check_loopback("localhost", facts("h1"), multi_host=True)
+    assert result.status is Status.FAIL
+    assert "instead of localhost" in result.remedy
+
+
+def test_real_address_passes_loopback():
+    assert resolve.check_loopback("h1", facts("h1"), multi_host=True).status is Status.PASS
+
+
+def test_own_loopback_view_does_not_fail_the_name_check():
+    result = resolve.check_name("h3", cluster())
+    assert result.status is Status.PASS
+    assert "10.231.0.13" in result.detail
+
+
+def test_name_that_does_not_resolve_on_one_host_fails_naming_that_host():
+    d = raw("h2")
+    d["resolved"]["h1"] = {"addresses": [], "error": "gaierror: Name or service not known"}
+    result = resolve.check_name("h1", cluster(h2=Facts.from_dict(d)))
+    assert result.status is Status.FAIL
+    assert result.detail == "h1 does not resolve on h2"
+    assert "to /etc/hosts (or DNS) on h2" in result.remedy
+
+
+def test_name_resolving_differently_on_two_hosts_warns():
+    d = raw("h3")
+    d["resolved"]["h2"] = {"addresses": ["10.231.0.99"], "error": None}
+    result = resolve.check_name("h2", cluster(h3=Facts.from_dict(d)))
+    assert result.status is Status.WARN
+    assert "h3: 10.231.0.99" in result.detail
+
+
+# --- software ----------------------------------------------------------------------------------
+
+def test_same_software_everywhere_passes():
+    result = software.check_versions("h2", facts("h2"), facts("h1"), "h1")
+    assert result.status is Status.PASS
+    assert "Horovod 0.28.1" in result.detail
+
+
+def test_version_mismatch_fails_with_make_setup_on_that_host():
+    d = raw("h2")
+    d["packages"]["horovod"] = "0.28.0"
+    d["python"] = "3.10.12"
+    result = software.check_versions("h2", Facts.from_dict(d), facts("h1"), "h1")
+    assert result.status is Status.FAIL
+    assert "Horovod 0.28.0 (launcher h1: 0.28.1)" in result.detail
+    assert "Python 3.10 (launcher h1: 3.11)" in result.detail
+    assert result.remedy == "run make setup on h2"
+
+
+def test_patch_level_of_python_does_not_matter():
+    result = software.check_versions("h2", facts("h2", python="3.11.2"), facts("h1"), "h1")
+    assert result.status is Status.PASS
+
+
+def test_different_mpi_library_fails():
+    result = software.check_versions("h2", facts("h2", mpirun="mpirun (Open MPI) 4.0.3"),
+                                     facts("h1"), "h1")
+    assert result.status is Status.FAIL
+    assert "MPI mpirun (Open MPI) 4.0.3" in result.detail
+
+
+def test_horovod_built_without_gloo_fails_with_a_rebuild_remedy():
+    d = raw("h2")
+    d["horovod_build"]["Gloo"] = False
+    result = software.check_versions("h2", Facts.from_dict(d), facts("h1"), "h1")
+    assert result.status is Status.FAIL
+    assert "built without Gloo" in result.detail
+    assert result.remedy == "rebuild Horovod: make setup FORCE=1 on h2"
+
+
+def test_missing_horovod_fails():
+    d = raw("h1")
+    d["packages"]["horovod"] = None
+    result = software.check_versions("h1", Facts.from_dict(d), Facts.from_dict(d), "h1")
+    assert result.status is Status.FAIL
+    assert result.remedy == "run make setup on h1"
+
+
+def test_unknown_horovod_build_warns():
+    result = software.check_versions("h1", facts("h1", horovod_build=None),
+                                     facts("h1", horovod_build=None), "h1")
+    assert result.status is Status.WARN
+
+
+# --- resources ---------------------------------------------------------------------------------
+
+def test_more_slots_than_logical_cores_warns_oversubscribed():
+    result = resources.check_slots("h1", 8, facts("h1"), from_inventory=True)
+    assert result.status is Status.WARN
+    assert "8 slots on 4 logical cores" in result.detail
+    assert result.remedy == "lower slots for h1 to 4 or fewer in the inventory"
+
+
+def test_default_slots_are_physical_cores_or_gpus():
+    assert facts("h1").default_slots == 2
+    assert facts("h1", gpus=8).default_slots == 8
+    result = resources.check_slots("h1", 2, facts("h1"), from_inventory=False)
+    assert result.status is Status.PASS
+    assert "physical cores" in result.detail
+
+
+def test_small_dev_shm_warns():
+    result = resources.check_shm("h1", facts("h1", shm_total=64 * 1024**2))
+    assert result.status is Status.WARN
+    assert "/dev/shm" in result.remedy
+
+
+def test_low_memory_per_slot_warns():
+    result = resources.check_memory("h1", 4, facts("h1", memory_available=2 * 1024**3))
+    assert result.status is Status.WARN
+
+
+def test_almost_full_disk_fails_and_nearly_full_disk_warns():
+    assert resources.check_disk("h1", facts("h1", disk_free=50 * 1024**2)).status is Status.FAIL
+    assert resources.check_disk("h1", facts("h1", disk_free=1024**3)).status is Status.WARN
+    assert resources.check_disk("h1", facts("h1")).status is Status.PASS
+
+
+def test_missing_venv_or_script_fails_with_clone_remedy():
+    result = resources.check_paths("h2", facts("h2", script_exists=False))
+    assert result.status is Status.FAIL
+    assert "/work/main/template/train.py" in result.detail
+    assert result.remedy == ("clone the project to the same path on h2 and run make setup "
+                             "there")
+
+
+# --- clock -------------------------------------------------------------------------------------
+
+def test_skew_within_the_round_trip_passes():
+    assert clock.check_skew("h2", 100.4, 100.0, 100.6).status is Status.PASS
+
+
+def test_skew_over_a_second_warns_and_over_a_minute_fails():
+    warn = clock.check_skew("h2", 105.0, 100.0, 100.2)
+    assert warn.status is Status.WARN
+    assert warn.remedy == "enable time sync (chrony or systemd-timesyncd) on h2"
+    assert clock.check_skew("h2", 30.0, 100.0, 100.2).status is Status.FAIL
+
+
+def test_skew_detail_gives_the_uncertainty():
+    assert clock.check_skew("h2", 101.0, 100.0, 100.2).detail == (
+        "+0.900 s (± 0.100 s) against the launcher")
+
+
+# --- ids ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module", ["ssh", "resolve", "interface", "software", "resources",
+                                    "clock"])
+def test_every_check_id_a_module_emits_is_documented_in_its_docstring(module):
+    import importlib
+
+    mod = importlib.import_module(f"preflight.checks.{module}")
+    source = Path(mod.__file__).read_text()
+    emitted = set(re.findall(rf'"({module}\.[a-z_]+)"', source))
+    assert emitted, module
+    for check_id in emitted:
+        assert f"`{check_id}`" in mod.__doc__, f"{check_id} is not documented in {module}"
