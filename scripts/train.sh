@@ -81,7 +81,16 @@ main() {
   local cmd=("${VENV:-$ROOT/.venv}/bin/horovodrun" -np "$np" --hostfile "$LAUNCH_HOSTFILE"
              --network-interfaces "$iface" "$PY" "$ROOT/template/train.py" "${TRAIN_ARGS[@]}")
   echo "make train: ${cmd[*]}" >&2
-  exec "${cmd[@]}"
+  # Keep a copy of the output: when a rank dies, mpirun's words say which; we say it in one line.
+  local log rc=0
+  log=$(mktemp /tmp/train-XXXXXX.log)
+  "${cmd[@]}" 2>&1 | tee "$log" || rc=$?
+  if [ "$rc" != 0 ]; then
+    "$PY" -m preflight.launch explain --log "$log" --hostfile "$LAUNCH_HOSTFILE"
+    rm -f "$log"
+    exit "$rc"
+  fi
+  rm -f "$log"
 }
 
 main "$@"

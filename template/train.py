@@ -16,7 +16,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, once per rank
 
 import horovod.tensorflow.keras as hvd  # noqa: E402
-from horovod.tensorflow import allgather_object  # noqa: E402
+from horovod.tensorflow import allgather_object, broadcast_object  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -114,7 +114,7 @@ def restore_or_build(cfg: config_module.Config, scaled_lr: float
     run = Path(cfg.resume)
     found = loop.last_checkpoint(run) if hvd.rank() == 0 else None
     payload = (found[0].read_bytes(), found[1]) if found else None
-    payload = hvd.broadcast_object(payload, root_rank=0, name="checkpoint")
+    payload = broadcast_object(payload, root_rank=0, name="checkpoint")
     if payload is None:
         raise SystemExit(f"resume: no checkpoint under {run}/checkpoints")
     blob, epoch = payload

@@ -1,7 +1,12 @@
 """preflight: check the hosts for distributed training, then write the hostfile and a report.
 
-Exit codes: 0 every host healthy; 1 some hosts are out (the hostfile lists the healthy ones, or
-is not written when none is); 2 bad input (nothing written).
+Checks each host's ssh login, names, interfaces, software, resources and clock from one probe
+per host, picks the interface every host reaches every other through, then tests TCP and the
+path MTU between the healthy hosts and runs an MPI allreduce over them.
+
+Exit codes: 0 every host healthy; 1 some hosts are out (the hostfile lists the healthy ones;
+with none healthy no hostfile is written and an old one is removed); 2 bad input (nothing
+written).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ process count and interface to hand to horovodrun.
 
     python -m preflight.launch vouches  --report R --hostfile H   # exit 0 if R wrote H as it is
     python -m preflight.launch settings --report R --hostfile H [--np N]   # prints "NP IFACE"
+    python -m preflight.launch explain  --log L --hostfile H   # why a job failed: rank, host
 
 Errors are one line that names the problem and the fix, exit 2.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -74,14 +76,56 @@ def settings(report: dict, hostfile: Path, np_override: int | None) -> tuple[int
     return np, interface
 
 
+# What mpirun prints about the first process that failed.
+KILLED_RE = re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+)"
+                       r"(?: \(([^)]+)\))?")
+EXITED_RE = re.compile(r"Process name:\s*\[\[\d+,\d+\],(\d+)\]\s*Exit code:\s*(\d+)")
+RUN_DIR_RE = re.compile(r"run directory ([^\s\[]+)")  # mpirun may glue a "[1,0]<stdout>:" on
+
+
+def rank_hosts(hostfile: Path) -> list[str]:
+    """Host of each rank as mpirun places them by default: slots filled in hostfile order."""
+    hosts: list[str] = []
+    for line in hostfile.read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if words:
+            slots = [w.split("=", 1)[1] for w in words[1:] if w.startswith("slots=")]
+            hosts += [words[0]] * (int(slots[0]) if slots and slots[0].isdigit() else 1)
+    return hosts
+
+
+def explain_failure(log: str, hostfile: Path) -> str:
+    """One line: which rank on which host failed first, and where the last checkpoint is."""
+    placed = rank_hosts(hostfile) if hostfile.is_file() else []
+    if m := KILLED_RE.search(log):
+        rank, host = int(m.group(1)), m.group(2)
+        why = f"was killed by signal {m.group(3)}" + (f" ({m.group(4)})" if m.group(4) else "")
+    elif m := EXITED_RE.search(log):
+        rank = int(m.group(1))
+        host = placed[rank] if rank < len(placed) else "?"
+        why = f"exited with code {m.group(2)}"
+    else:
+        return "the job failed before naming a rank; see the output above"
+    text = f"rank {rank} on {host} {why}"
+    if (run := RUN_DIR_RE.search(log)) and (ckpts := sorted(Path(run.group(1)).glob(
+            "checkpoints/epoch-*.h5"))):
+        text += f"; last checkpoint {ckpts[-1]}; continue with: make train RESUME={run.group(1)}"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m preflight.launch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["vouches", "settings"])
-    parser.add_argument("--report", type=Path, required=True)
+    parser.add_argument("action", choices=["vouches", "settings", "explain"])
+    parser.add_argument("--report", type=Path, default=Path("preflight.json"))
+    parser.add_argument("--log", type=Path, help="the job's output (explain)")
     parser.add_argument("--hostfile", type=Path, required=True)
     parser.add_argument("--np", type=int, default=None, help="process count instead of all slots")
     args = parser.parse_args(argv)
+    if args.action == "explain":
+        log = args.log.read_text(errors="replace") if args.log else sys.stdin.read()
+        print(f"make train: {explain_failure(log, args.hostfile)}", file=sys.stderr)
+        return 0
     try:
         report = load_report(args.report)
         if args.action == "vouches":

@@ -145,7 +145,8 @@ def fact_checks(inventory: Inventory, probes: Mapping[str, Probe], facts: Mappin
                 ) -> InterfaceChoice:
     names = inventory.names
     resolved = {n: resolve.resolved_addresses(n, facts) for n in names}
-    choice = interface.choose_interface(facts, resolved, names)
+    alone_here = len(names) == 1 and probes[names[0]].local
+    choice = interface.choose_interface(facts, resolved, names, loopback_ok=alone_here)
     reference = launcher(inventory, probes, facts)
     explicit = {h.name for h in inventory.hosts if h.slots is not None}
     for name in names:

@@ -228,3 +228,9 @@ def test_a_lone_answering_host_prefers_its_real_interface_over_a_bridge():
             entry["speed"] = 0
     choice = choose_interface(cluster(unknown_speeds, hosts=["h1"]), {}, HOSTS)
     assert choice.names == {"h1": "eth0"}
+
+
+def test_one_remote_host_alone_gets_its_real_interface_not_loopback():
+    facts = cluster(hosts=["h2"])
+    choice = choose_interface(facts, RESOLVED, ["h2"], loopback_ok=False)
+    assert (choice.cidr, choice.names) == ("10.231.0.0/24", {"h2": "eth0"})

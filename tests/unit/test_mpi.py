@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 import subprocess
 import sys
@@ -12,17 +13,20 @@ import pytest
 from preflight.checks.mpi import (
     MpiHost,
     MpirunRun,
+    ProbeOutput,
     explain_exit,
     launch_failure,
     map_results,
+    measurements,
     missing_tools,
     mpirun_argv,
     parse_event,
+    parse_output,
     rank_layout,
     run_bounded,
     run_mpi,
 )
-from preflight.mpi_probe import partner, round_robin
+from preflight.mpi_probe import opener, partner, round_robin
 from preflight.result import Status
 
 HOSTS = [MpiHost(f"h{i}", f"10.231.0.{10 + i}", 2) for i in (1, 2, 3)]
@@ -35,13 +39,24 @@ def a_run(**kwargs) -> MpirunRun:
     return MpirunRun(**{**fields, **kwargs})
 
 
-def a_result(latency=None, bandwidth=None, ok=True) -> dict:
-    return {"event": "result", "size": 3, "hosts": LAYOUT,
-            "allreduce": {"ok": ok, "sum_of_ranks": 3 if ok else 4, "expected": 3,
-                          "array_ok": ok, "array_len": 4096},
-            "latency_us": latency if latency is not None else [[0, 1, 40.0], [0, 2, 50.0],
-                                                               [1, 2, 45.0]],
-            "bandwidth_MBps": bandwidth or [], "library": "Open MPI v4.1.4\x00"}
+def pair(a: int, b: int, us: float, mbps: tuple[float, float] | None = None) -> dict:
+    return {"event": "pair", "a": a, "b": b, "latency_us": us,
+            "MBps": {"a_b": mbps[0], "b_a": mbps[1]} if mbps else None}
+
+
+def output(pairs=None, ok=True, n=3) -> ProbeOutput:
+    """What the probe prints on a good run: every rank started, every pair done, a result."""
+    pairs = pairs if pairs is not None else [pair(0, 1, 40.0), pair(2, 0, 50.0),
+                                             pair(1, 2, 45.0)]
+    result = {"event": "result", "size": n, "hosts": LAYOUT[:n],
+              "allreduce": {"ok": ok, "sum_of_ranks": 3 if ok else 4, "expected": 3,
+                            "array_ok": ok, "array_len": 4096}}
+    every = frozenset((a, b) for a in range(n) for b in range(n) if a != b)
+    return ProbeOutput(frozenset(range(n)), every, tuple(pairs), result)
+
+
+def stdout_of(*events: dict) -> str:
+    return "".join(json.dumps(e) + "\n" for e in events)
 
 
 # --- the round-robin schedule -------------------------------------------------------------------
@@ -66,6 +81,17 @@ def test_an_even_number_of_ranks_needs_n_minus_one_rounds(n):
 def test_an_odd_number_of_ranks_needs_n_rounds_with_one_rank_sitting_out(n):
     assert len(round_robin(n)) == n
     assert all(len(r) == n // 2 for r in round_robin(n))
+
+
+@pytest.mark.parametrize("n", range(3, 12))
+def test_every_rank_has_a_connection_opened_towards_it(n):
+    # So a host that drops incoming connections always hangs its pair, whoever it is.
+    targets = {b if opener(a, b, n) == a else a for a, b in itertools.combinations(range(n), 2)}
+    assert targets == set(range(n))
+
+
+def test_with_three_ranks_connections_go_round_the_circle():
+    assert [opener(a, b, 3) for a, b in [(0, 1), (1, 2), (0, 2)]] == [0, 1, 2]
 
 
 def test_a_rank_finds_its_partner_or_sits_out():
@@ -105,59 +131,99 @@ def test_a_lone_host_with_two_slots_runs_two_ranks_so_tcp_is_crossed():
 # --- mapping results to hosts -------------------------------------------------------------------
 
 def test_a_checked_allreduce_passes_every_host_with_a_symmetric_latency_matrix():
-    results, measured = map_results(HOSTS, LAYOUT, a_result(), a_run(), "eth0", False)
+    results = map_results(HOSTS, LAYOUT, output(), a_run(), "eth0", False)
     assert {h: [c.status for c in cs] for h, cs in results.items()} == {
         h: [Status.PASS, Status.PASS] for h in LAYOUT}
     assert "allreduce over 3 ranks on h1, h2, h3 checked" in results["h1"][0].detail
-    assert measured["latency_us"] == {"h1": {"h2": 40.0, "h3": 50.0},
-                                      "h2": {"h1": 40.0, "h3": 45.0},
-                                      "h3": {"h1": 50.0, "h2": 45.0}}
-    assert measured["library"] == "Open MPI v4.1.4"
+    assert measurements(output(), LAYOUT)["latency_us"] == {
+        "h1": {"h2": 40.0, "h3": 50.0}, "h2": {"h1": 40.0, "h3": 45.0},
+        "h3": {"h1": 50.0, "h2": 45.0}}
 
 
 def test_a_wrong_allreduce_fails_with_a_remedy():
-    results, _ = map_results(HOSTS, LAYOUT, a_result(ok=False), a_run(), "eth0", False)
+    results = map_results(HOSTS, LAYOUT, output(ok=False), a_run(), "eth0", False)
     assert results["h2"][0].status is Status.FAIL
     assert "wrong values" in results["h2"][0].detail
 
 
-def test_latency_far_above_the_median_warns_only_the_slow_host():
+def test_latency_far_above_the_rest_warns_only_the_slow_host():
     hosts = [*HOSTS, MpiHost("h4", "10.231.0.14", 1)]
     layout = [*LAYOUT, "h4"]
-    latency = [[0, 1, 40.0], [0, 2, 4000.0], [0, 3, 42.0], [1, 2, 3900.0], [1, 3, 41.0],
-               [2, 3, 4100.0]]
-    results, _ = map_results(hosts, layout, a_result(latency=latency), a_run(), "eth0", False)
+    pairs = [pair(0, 1, 40.0), pair(0, 2, 4000.0), pair(3, 0, 42.0), pair(1, 2, 3900.0),
+             pair(1, 3, 41.0), pair(2, 3, 4100.0)]
+    results = map_results(hosts, layout, output(pairs, n=4), a_run(), "eth0", False)
     assert {h: cs[1].status for h, cs in results.items()} == {
         "h1": Status.PASS, "h2": Status.PASS, "h3": Status.WARN, "h4": Status.PASS}
     assert "ping -c 100 h3" in results["h3"][1].remedy
 
 
+def test_with_three_hosts_a_slow_one_is_still_the_one_named():
+    pairs = [pair(0, 1, 40.0), pair(2, 0, 4000.0), pair(1, 2, 3900.0)]
+    results = map_results(HOSTS, LAYOUT, output(pairs), a_run(), "eth0", False)
+    assert {h: cs[1].status for h, cs in results.items()} == {
+        "h1": Status.PASS, "h2": Status.PASS, "h3": Status.WARN}
+
+
 def test_bandwidth_is_kept_per_direction_for_every_pair():
-    bandwidth = [[a, b, 1000.0 + 10 * a + b] for a in range(3) for b in range(3) if a != b]
-    results, measured = map_results(HOSTS, LAYOUT, a_result(bandwidth=bandwidth), a_run(),
-                                    "eth0", True)
-    assert measured["bandwidth_MBps"]["h1"] == {"h2": 1001.0, "h3": 1002.0}
-    assert measured["bandwidth_MBps"]["h3"] == {"h1": 1020.0, "h2": 1021.0}
+    pairs = [pair(0, 1, 40.0, (1001.0, 1010.0)), pair(2, 0, 50.0, (1020.0, 1002.0)),
+             pair(1, 2, 45.0, (1012.0, 1021.0))]
+    results = map_results(HOSTS, LAYOUT, output(pairs), a_run(), "eth0", True)
+    rates = measurements(output(pairs), LAYOUT)["bandwidth_MBps"]
+    assert rates["h1"] == {"h2": 1001.0, "h3": 1002.0}
+    assert rates["h3"] == {"h1": 1020.0, "h2": 1021.0}
     assert [c.id for c in results["h1"]] == ["mpi.allreduce", "mpi.latency", "mpi.bandwidth"]
     assert results["h1"][2].status is Status.PASS
 
 
-def test_a_hang_after_every_rank_started_fails_everyone_naming_the_firewall():
-    events = [{"event": "init", "rank": r, "host": h} for r, h in enumerate(LAYOUT)]
-    results = launch_failure(HOSTS, LAYOUT, a_run(returncode=-15, timed_out=True, seconds=15.2),
-                             events, "eth0", CIDR)
+def hung(done: list[dict], attempts: list[tuple[int, int]], started=(0, 1, 2)) -> dict:
+    out = ProbeOutput(frozenset(started), frozenset(attempts), tuple(done), None)
+    run = a_run(returncode=-15, timed_out=True, seconds=17.2, limit_s=15)
+    return launch_failure(HOSTS, LAYOUT, run, out, "eth0", CIDR)
+
+
+def test_a_firewall_on_h2_hangs_its_pair_and_only_h2_fails():
+    # Rounds for three ranks: h2-h3 (h2 opens), h1-h3 (h3 opens), h1-h2 (h1 opens: blocked).
+    results = hung([pair(1, 2, 45.0), pair(2, 0, 50.0)],
+                   [(1, 2), (2, 1), (0, 2), (2, 0), (0, 1), (1, 0)])
+    assert {h: cs[0].status for h, cs in results.items()} == {
+        "h1": Status.WARN, "h2": Status.FAIL, "h3": Status.WARN}
+    assert results["h2"][0].detail == ("mpirun hung for 15s: MPI's TCP connections to h2 from "
+                                       "h1 never completed")
+    assert "firewall" in results["h2"][0].remedy and "eth0" in results["h2"][0].remedy
+    assert "MPI from h1 to h3 works" in results["h1"][0].detail
+
+
+def test_pairs_only_waiting_behind_a_blocked_one_are_not_blamed():
+    # h3 drops incoming: h2 -> h3 blocks in round one, so h3 never turns to h1 in round two.
+    results = hung([], [(1, 2), (2, 1), (0, 2)])
+    assert results["h3"][0].status is Status.FAIL
+    assert "to h3 from h2" in results["h3"][0].detail
+    # h1 and h2 never got to each other: nothing shows that they work together.
+    assert "held up before it could reach h2" in results["h1"][0].detail
+    assert "held up before it could reach h1" in results["h2"][0].detail
+    assert "MPI's TCP connections" not in results["h1"][0].detail
+
+
+def test_a_hang_with_no_pair_to_blame_fails_everyone():
+    results = hung([], [])
     assert {h: cs[0].status for h, cs in results.items()} == {h: Status.FAIL for h in LAYOUT}
-    assert results["h1"][0].detail.startswith("mpirun hung for 15s: the allreduce over h1, h2, "
-                                              "h3 never finished")
-    assert "firewall" in results["h1"][0].remedy and "eth0" in results["h1"][0].remedy
+    assert results["h1"][0].detail.startswith("mpirun hung for 15s")
 
 
 def test_a_hang_where_a_host_never_started_says_which():
-    events = [{"event": "init", "rank": 0, "host": "h1"}, {"event": "init", "rank": 2}]
-    results = launch_failure(HOSTS, LAYOUT, a_run(returncode=-9, timed_out=True, seconds=15),
-                             events, "eth0", CIDR)
+    results = hung([], [], started=(0, 2))
     assert "no rank ever started on h2" in results["h2"][0].detail
-    assert "ranks started only on h1, h3" in results["h1"][0].detail
+    assert "waiting for h2 to start" in results["h1"][0].detail
+
+
+def test_probe_lines_are_sorted_by_kind_and_chatter_is_dropped():
+    text = ("Warning: Permanently added 'h2' to the list of known hosts.\n" + stdout_of(
+        {"event": "init", "rank": 0, "host": "h1"}, {"event": "start", "rank": 0, "peer": 1},
+        pair(0, 1, 40.0), {"event": "result", "allreduce": {"ok": True}}))
+    parsed = parse_output(text)
+    assert parsed.started == {0} and parsed.attempts == {(0, 1)}
+    assert parsed.pairs == (pair(0, 1, 40.0),)
+    assert parsed.result == {"event": "result", "allreduce": {"ok": True}}
 
 
 def test_a_missing_mpi4py_on_a_host_asks_for_make_setup():

@@ -122,13 +122,14 @@ def rank(c: Candidate, resolved: Mapping[str, set[str]]) -> tuple:
 
 
 def choose_interface(facts: Mapping[str, Facts], resolved: Mapping[str, set[str]],
-                     hosts: Sequence[str]) -> InterfaceChoice:
+                     hosts: Sequence[str], loopback_ok: bool = True) -> InterfaceChoice:
     """The subnet for the job, per-host names and addresses, and what was passed over.
 
     facts: the hosts that answered; resolved: addresses each host name resolves to (loopback
-    left out); hosts: the whole inventory (one host alone uses loopback).
+    left out); hosts: the whole inventory. One host alone uses loopback when loopback_ok (it is
+    this machine); a lone remote host gets its real interface, which mpirun here must reach.
     """
-    if len(hosts) == 1:
+    if len(hosts) == 1 and loopback_ok:
         return _loopback_choice(hosts[0], facts)
     cands = candidates(facts)
     decoys = [c for c in cands if c.shared_addresses]

@@ -9,6 +9,7 @@ process group is killed when that runs out.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -16,11 +17,13 @@ import signal
 import statistics
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from preflight.checks.mesh import blame
+from preflight.mpi_probe import opener
 from preflight.result import CheckResult, failed, passed, skipped, warned
 
 ALLREDUCE = "mpi.allreduce"
@@ -51,6 +54,18 @@ class MpirunRun:
     stderr: str
     seconds: float
     timed_out: bool = False
+    limit_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ProbeOutput:
+    """The probe's JSON lines by kind: who started, which pairs each rank turned to, the
+    finished pairs with their figures, and rank 0's result (None if it never came)."""
+
+    started: frozenset[int] = frozenset()
+    attempts: frozenset[tuple[int, int]] = frozenset()
+    pairs: tuple[dict, ...] = ()
+    result: dict | None = None
 
 
 def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
@@ -65,11 +80,14 @@ def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
         return {h.name: [failed(ALLREDUCE, detail, remedy)] for h in hosts}, empty_measurements()
     layout = rank_layout(hosts)
     run = run_bounded(mpirun_argv(hosts, layout, cidr, python, bandwidth), timeout_s)
-    events = [e for e in (parse_event(line) for line in run.stdout.splitlines()) if e]
-    result = next((e for e in events if e.get("event") == "result"), None)
-    if result is None:
-        return launch_failure(hosts, layout, run, events, interface, cidr), empty_measurements()
-    return map_results(hosts, layout, result, run, interface, bandwidth)
+    output = parse_output(run.stdout)
+    measured = measurements(output, layout)
+    if output.result is None:
+        return launch_failure(hosts, layout, run, output, interface, cidr), measured
+    return map_results(hosts, layout, output, run, interface, bandwidth), {
+        **measured, "ranks": layout, "allreduce": output.result.get("allreduce", {}),
+        "library": output.result.get("library"), "message_mib": output.result.get("message_mib"),
+        "seconds": round(run.seconds, 2)}
 
 
 def empty_measurements() -> dict:
@@ -138,7 +156,7 @@ def run_bounded(argv: list[str], timeout_s: float) -> MpirunRun:
         out, err = stop_group(proc)
         timed_out = True
     return MpirunRun(tuple(argv), proc.returncode, out or "", err or "",
-                     time.monotonic() - start, timed_out)
+                     time.monotonic() - start, timed_out, timeout_s)
 
 
 def stop_group(proc: subprocess.Popen) -> tuple[str, str]:
@@ -170,34 +188,91 @@ def parse_event(line: str) -> dict | None:
     return event if isinstance(event, dict) and "event" in event else None
 
 
+def parse_output(stdout: str) -> ProbeOutput:
+    events = [e for e in (parse_event(line) for line in stdout.splitlines()) if e]
+    kind = {name: [e for e in events if e["event"] == name]
+            for name in ("init", "start", "pair", "result")}
+    return ProbeOutput(
+        started=frozenset(e.get("rank") for e in kind["init"]),
+        attempts=frozenset((e.get("rank"), e.get("peer")) for e in kind["start"]),
+        pairs=tuple(e for e in kind["pair"] if {"a", "b", "latency_us"} <= e.keys()),
+        result=next(iter(kind["result"]), None))
+
+
 # --- when no result came back -------------------------------------------------------------------
 
-def launch_failure(hosts: list[MpiHost], layout: list[str], run: MpirunRun, events: list[dict],
-                   interface: str, cidr: str) -> dict[str, list[CheckResult]]:
-    started = {layout[e["rank"]] for e in events
-               if e.get("event") == "init" and 0 <= e.get("rank", -1) < len(layout)}
-    names = ", ".join(h.name for h in hosts)
-    if run.timed_out:
-        return {h.name: [hung_result(h.name, started, names, run, interface, cidr)]
-                for h in hosts}
-    detail, remedy = explain_exit(run)
-    return {h.name: [failed(ALLREDUCE, detail, remedy)] for h in hosts}
+def launch_failure(hosts: list[MpiHost], layout: list[str], run: MpirunRun,
+                   output: ProbeOutput, interface: str, cidr: str
+                   ) -> dict[str, list[CheckResult]]:
+    if not run.timed_out:
+        detail, remedy = explain_exit(run)
+        return {h.name: [failed(ALLREDUCE, detail, remedy)] for h in hosts}
+    hung = f"mpirun hung for {run.limit_s or run.seconds:.0f}s"
+    absent = [h.name for h in hosts if h.name not in {layout[r] for r in output.started}]
+    if absent:
+        return {h.name: [not_started(h.name, absent, hung, cidr)] for h in hosts}
+    blocked = blocked_pairs(output, len(layout))
+    inbound = Counter(layout[b] for _, b in blocked)
+    outbound = Counter(layout[a] for a, _ in blocked)
+    culprits = blame((frozenset((layout[a], layout[b])) for a, b in blocked),
+                     {h.name: inbound[h.name] - outbound[h.name] for h in hosts})
+    results = {}
+    for host in hosts:
+        if host.name in culprits or not culprits:
+            check = blocked_result(host.name, blocked, layout, hung, interface, cidr)
+        else:
+            check = bystander_result(host.name, sorted(culprits), output, layout, hung)
+        results[host.name] = [check]
+    return results
 
 
-def hung_result(name: str, started: set[str], names: str, run: MpirunRun, interface: str,
-                cidr: str) -> CheckResult:
-    seconds = f"{run.seconds:.0f}s"
-    if name not in started:
-        return failed(ALLREDUCE, f"mpirun hung for {seconds}: no rank ever started on {name}",
+def blocked_pairs(output: ProbeOutput, n: int) -> list[tuple[int, int]]:
+    """(opener, other) for each pair both ranks turned to and that never finished: a pair one
+    rank never reached was only waiting behind another."""
+    done = {frozenset((p["a"], p["b"])) for p in output.pairs}
+    return [(opener(a, b, n), b if opener(a, b, n) == a else a)
+            for a, b in itertools.combinations(range(n), 2)
+            if (a, b) in output.attempts and (b, a) in output.attempts
+            and frozenset((a, b)) not in done]
+
+
+def not_started(name: str, absent: list[str], hung: str, cidr: str) -> CheckResult:
+    if name in absent:
+        return failed(ALLREDUCE, f"{hung}: no rank ever started on {name}",
                       f"check that mpirun can start there: ssh {name} which orted, and that "
                       f"{cidr} reaches {name}")
-    waiting = "" if len(started) == len(set(names.split(", "))) else (
-        " (ranks started only on " + ", ".join(sorted(started)) + ")")
-    return failed(ALLREDUCE,
-                  f"mpirun hung for {seconds}: the allreduce over {names} never finished{waiting}",
+    return failed(ALLREDUCE, f"{hung} waiting for {', '.join(absent)} to start",
+                  f"fix {', '.join(absent)} (see there) or leave it out, then run again")
+
+
+def blocked_result(name: str, blocked: list[tuple[int, int]], layout: list[str], hung: str,
+                   interface: str, cidr: str) -> CheckResult:
+    to_me = sorted({layout[a] for a, b in blocked if layout[b] == name})
+    from_me = sorted({layout[b] for a, b in blocked if layout[a] == name})
+    parts = ([f"to {name} from {', '.join(to_me)}"] if to_me else []) + (
+        [f"from {name} to {', '.join(from_me)}"] if from_me else [])
+    what = (f"MPI's TCP connections {' and '.join(parts)} never completed" if parts
+            else "the MPI traffic never finished")
+    return failed(ALLREDUCE, f"{hung}: {what}",
                   f"open TCP ports 1024-65535 between the hosts on {interface}: a firewall that "
-                  f"drops them makes MPI hang (mesh.tcp names the host); and check that "
-                  f"{cidr} is the network every host shares")
+                  f"drops them makes MPI hang (mesh.tcp names the host); and check that {cidr} "
+                  f"is the network every host shares")
+
+
+def bystander_result(name: str, culprits: list[str], output: ProbeOutput, layout: list[str],
+                     hung: str) -> CheckResult:
+    """A host that was only held up: a warning when it reached every other good host."""
+    others = sorted({h for h in layout if h != name and h not in culprits})
+    reached = sorted({layout[p["b"] if layout[p["a"]] == name else p["a"]]
+                      for p in output.pairs if name in (layout[p["a"]], layout[p["b"]])})
+    blamed = ", ".join(culprits)
+    if all(h in reached for h in others):
+        works = f"; MPI from {name} to {', '.join(others)} works" if others else ""
+        return warned(ALLREDUCE, f"{hung} on {blamed}{works}",
+                      f"leave {blamed} out or fix it (see its mpi.allreduce)")
+    return failed(ALLREDUCE, f"{hung} on {blamed}; {name} was held up before it could reach "
+                             f"{', '.join(h for h in others if h not in reached)}",
+                  f"fix {blamed} or leave it out, then run the preflight again")
 
 
 def explain_exit(run: MpirunRun) -> tuple[str, str]:
@@ -226,24 +301,29 @@ def shown_command(argv: Iterable[str]) -> str:
 
 # --- mapping a result to hosts ------------------------------------------------------------------
 
-def map_results(hosts: list[MpiHost], layout: list[str], result: dict, run: MpirunRun,
-                interface: str, bandwidth: bool) -> tuple[dict[str, list[CheckResult]], dict]:
-    latency = pair_matrix(result.get("latency_us", []), layout, symmetric=True)
-    rates = pair_matrix(result.get("bandwidth_MBps", []), layout, symmetric=False)
-    results: dict[str, list[CheckResult]] = {}
-    allreduce = allreduce_result(result, layout, run)
+def measurements(output: ProbeOutput, layout: list[str]) -> dict:
+    """{"latency_us": {a: {b: us}} both ways, "bandwidth_MBps": {a: {b: MB/s from a to b}}}."""
+    latency = [[p["a"], p["b"], p["latency_us"]] for p in output.pairs]
+    rates = [row for p in output.pairs if p.get("MBps")
+             for row in ([p["a"], p["b"], p["MBps"]["a_b"]], [p["b"], p["a"], p["MBps"]["b_a"]])]
+    return {"latency_us": pair_matrix(latency, layout, symmetric=True),
+            "bandwidth_MBps": pair_matrix(rates, layout, symmetric=False)}
+
+
+def map_results(hosts: list[MpiHost], layout: list[str], output: ProbeOutput, run: MpirunRun,
+                interface: str, bandwidth: bool) -> dict[str, list[CheckResult]]:
+    measured = measurements(output, layout)
+    latency, rates = measured["latency_us"], measured["bandwidth_MBps"]
+    allreduce = allreduce_result(output.result or {}, layout, run)
     slow_latency = slow_hosts(latency, above=True)
     slow_rate = slow_hosts(rates, above=False)
+    results: dict[str, list[CheckResult]] = {}
     for host in hosts:
         checks = [allreduce, latency_result(host.name, latency, slow_latency, interface)]
         if bandwidth:
             checks.append(bandwidth_result(host.name, rates, slow_rate, interface))
         results[host.name] = checks
-    measurements = {"latency_us": latency, "bandwidth_MBps": rates, "ranks": layout,
-                    "allreduce": result.get("allreduce", {}),
-                    "library": (result.get("library") or "").strip("\x00 "),
-                    "message_mib": result.get("message_mib"), "seconds": round(run.seconds, 2)}
-    return results, measurements
+    return results
 
 
 def pair_matrix(rows: Iterable[list], layout: list[str], symmetric: bool
