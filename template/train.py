@@ -1,4 +1,4 @@
-"""Data-parallel training of a Keras model with Horovod: the program `horovodrun` starts once per slot.
+"""Data-parallel training of a Keras model with Horovod: horovodrun starts it once per slot.
 
 Read top to bottom: each Horovod step is one line with the reason beside it. Change the model in
 model.py, the data in data.py, the defaults in config.toml; this file rarely needs changes.
@@ -16,8 +16,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, once per rank
 
 import horovod.tensorflow.keras as hvd  # noqa: E402
-from horovod.tensorflow import allgather_object, broadcast_object  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from horovod.tensorflow import allgather_object, broadcast_object  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import config as config_module  # noqa: E402

@@ -61,7 +61,8 @@ def test_killed_rank_is_named_and_the_run_resumes_to_the_full_epoch_count(tmp_pa
         if job.poll() is None:
             job.kill()
     assert job.returncode != 0
-    assert f"make train: rank 1 on {socket.gethostname()} was killed by signal 9" in err, err[-2000:]
+    named = f"make train: rank 1 on {socket.gethostname()} was killed by signal 9"
+    assert named in err, err[-2000:]
     assert f"RESUME={run}" in err
 
     # The newest checkpoint opens and holds the weights and the optimizer state.

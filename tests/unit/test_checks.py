@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from preflight.checks import clock, resolve, resources, software
 from preflight.checks import ssh as ssh_checks
 from preflight.facts import Facts

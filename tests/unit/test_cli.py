@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from preflight import pipeline
 from preflight.__main__ import main
 from preflight.facts import Facts

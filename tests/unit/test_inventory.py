@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from preflight import inventory as inv
 from preflight.__main__ import main
 

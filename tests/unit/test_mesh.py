@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+
 from preflight.checks.mesh import (
     MeshHost,
     MeshOutcome,

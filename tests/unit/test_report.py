@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 
+from rich.console import Console
+
 from preflight import launch, report
 from preflight.checks.interface import InterfaceChoice
 from preflight.pipeline import Outcome
 from preflight.result import HostReport, Report, failed, passed, skipped, warned
-from rich.console import Console
 
 CHOICE = InterfaceChoice("10.231.0.0/24", {"h1": "eth0", "h2": "eth0", "h3": "eth0"},
                          {"h1": "10.231.0.11", "h2": "10.231.0.12", "h3": "10.231.0.13"},
