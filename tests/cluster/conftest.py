@@ -62,8 +62,9 @@ class Cluster:
 
     @classmethod
     def from_state(cls, env: dict[str, str]) -> Cluster:
-        state_dir = Path(env.get("HVSIM_DIR") or "/tmp/hvsim")
-        cluster = cls(env=env, state_dir=state_dir, prefix=env.get("HVSIM_PREFIX") or "hvsim")
+        prefix = env.get("HVSIM_PREFIX") or "hvsim"
+        state_dir = Path(env.get("HVSIM_DIR") or f"/tmp/{prefix}")  # cluster.sh's defaults
+        cluster = cls(env=env, state_dir=state_dir, prefix=prefix)
         # <state>/hosts has one 'NAME ADDRESS IFNAME' line per host.
         for line in (state_dir / "hosts").read_text().splitlines():
             name, address, ifname = line.split()

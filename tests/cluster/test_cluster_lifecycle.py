@@ -47,8 +47,9 @@ def root_links() -> str:
     return subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
 
 
-SESSION_NS = re.compile(r"^hvsim-(sw|h\d+)$")
-SESSION_DIR = os.environ.get("HVSIM_DIR") or "/tmp/hvsim"
+SESSION_PREFIX = os.environ.get("HVSIM_PREFIX") or "hvsim"
+SESSION_NS = re.compile(rf"^{SESSION_PREFIX}-(sw|h\d+)$")
+SESSION_DIR = os.environ.get("HVSIM_DIR") or f"/tmp/{SESSION_PREFIX}"
 BLOCK = re.compile(r"^# >>> (\S+) cluster \(scripts/cluster.sh\) >>>\n.*?^# <<< \1 cluster <<<\n",
                    re.M | re.S)
 
@@ -75,7 +76,7 @@ def ssh_config() -> str | None:
 def snapshot(env) -> dict:
     """What this module's clusters could change. Other sessions may build clusters under other
     prefixes at the same time, so their namespaces, sshds and ~/.ssh/config blocks are left out;
-    the session cluster (prefix hvsim), if up, must survive untouched."""
+    the session cluster (prefix hvsim by default), if up, must survive untouched."""
     config = ssh_config()
     return {
         "our namespaces": [ns for ns in namespaces() if OUR_NS.match(ns)],
@@ -156,6 +157,43 @@ def test_interrupted_up_removes_what_it_built(lc_env):
     assert proc.returncode != 0
     assert "removing what was built" in err
     assert_same(before, snapshot(lc_env))
+
+
+def test_two_clusters_side_by_side_each_keep_their_own_ssh_and_go_down_in_either_order(lc_env):
+    other = {**lc_env, "HVSIM_PREFIX": f"{PREFIX}b", "HVSIM_DIR": lc_env["HVSIM_DIR"] + "-b"}
+    before = snapshot(lc_env)
+    try:
+        for env in (lc_env, other):
+            up = cluster_sh(env, "up", "2")
+            assert up.returncode == 0, up.stdout + up.stderr
+        config = ssh_config() or ""
+        assert config.index(f"# >>> {PREFIX}b cluster") < config.index(f"# >>> {PREFIX} cluster")
+        # Same host names in both, different keys: plain `ssh h2` (through ~/.ssh/config) must
+        # pick each cluster's own key and known_hosts, whichever block comes first.
+        for env in (lc_env, other):
+            ssh = cluster_sh(env, "exec", "h1", "ssh", "-o", "BatchMode=yes", "h2", "hostname")
+            assert ssh.returncode == 0 and ssh.stdout.strip() == "h2", ssh.stderr
+        # The cluster that came up first (and may have created ~/.ssh/config) goes down first.
+        assert cluster_sh(lc_env, "down").returncode == 0
+        ssh = cluster_sh(other, "exec", "h1", "ssh", "-o", "BatchMode=yes", "h2", "hostname")
+        assert ssh.returncode == 0 and ssh.stdout.strip() == "h2", ssh.stderr
+    finally:
+        down = cluster_sh(other, "down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert f"# >>> {PREFIX}b cluster" not in (ssh_config() or "")
+    assert not [ns for ns in namespaces() if re.match(rf"^{PREFIX}b-", ns)]
+    assert_same(before, snapshot(lc_env))
+
+
+def test_up_refuses_a_state_directory_that_is_not_its_own(lc_env):
+    state = Path(lc_env["HVSIM_DIR"])
+    state.mkdir()
+    (state / "precious.txt").write_text("not cluster state\n")
+    up = cluster_sh(lc_env, "up", "2")
+    assert up.returncode == 1
+    assert "is not this cluster's (hvlc) state" in up.stderr
+    assert (state / "precious.txt").read_text() == "not cluster state\n"
+    assert not [ns for ns in namespaces() if OUR_NS.match(ns)]
 
 
 def test_down_with_nothing_there_says_so(lc_env):
