@@ -56,5 +56,5 @@ new-project: ## copy the template into a new project (DEST=../my-project)
 	@bash scripts/new_project.sh "$(DEST)"
 
 clean: ## remove outputs (runs/, hostfile, preflight.json, caches); keeps the venv
-	rm -rf runs bench/results hostfile hostfile.healthy preflight.json .pytest_cache .ruff_cache
+	rm -rf runs $(wildcard bench/results) hostfile hostfile.healthy preflight.json .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -28,8 +28,10 @@ git -C "$ROOT" ls-files -z --cached --others --exclude-standard |
 
 # Its own name in the README title and the package metadata; no bench target.
 sed -i "1s/.*/# $NAME/" "$DEST/README.md"
-sed -i "s/^name = \"horovod-preflight\"/name = \"$NAME\"/" "$DEST/pyproject.toml"
-sed -i -e '/^bench:/,/^$/d' -e 's/ bench / /' -e '/^| `make bench`/d' "$DEST/Makefile" "$DEST/README.md"
+sed -i "0,/^name = .*/s//name = \"$NAME\"/" "$DEST/pyproject.toml"
+sed -i -e '/^bench:/,/^$/d' -e 's/ bench / /' -e 's| $(wildcard bench/results)||' -e '/^| `make bench`/d' \
+  "$DEST/Makefile" "$DEST/README.md"
+sed -i '/^bench\//d' "$DEST/.gitignore"
 sed -i '/^## Benchmarks/,/^## /{/^## Benchmarks/d;/^## /!d}' "$DEST/README.md"
 
 git -C "$DEST" init -q

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from . import __version__
 from .pipeline import Outcome
 from .result import HostReport, Report, Status
 
@@ -32,15 +33,6 @@ MARKS = {Status.PASS: ("✓", "green"), Status.WARN: ("!", "yellow"), Status.FAI
          Status.SKIP: ("–", "dim"), None: ("–", "dim")}
 ASCII_MARKS = {"✓": "ok", "!": "!", "✗": "X", "–": "-"}
 PLAIN_WIDTH = 140
-
-
-def preflight_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("horovod-preflight")
-    except metadata.PackageNotFoundError:
-        return "0.1.0"
 
 
 def hostfile_text(report: Report) -> str:
@@ -95,7 +87,7 @@ def write_outputs(outcome: Outcome, hostfile: Path, report_path: Path,
         "checks": list(outcome.checks_run),
         "hostfile": written,
         "hostfile_sha256": digest,
-        "preflight_version": preflight_version(),
+        "preflight_version": __version__,
     }
     report = dataclasses.replace(report, provenance=provenance)
     outcome = dataclasses.replace(outcome, report=report)

@@ -1,0 +1,58 @@
+"""`make new-project`: a copy that stands on its own and passes its own `make test`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def new_project(dest: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "--no-print-directory", "new-project", f"DEST={dest}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_new_project_names_nothing_of_this_repository_it_does_not_need(tmp_path: Path) -> None:
+    dest = tmp_path / "my-project"
+    proc = new_project(dest)
+    assert proc.returncode == 0, proc.stderr
+    files = subprocess.run(["git", "ls-files"], cwd=dest, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert {"Makefile", "README.md", "template/train.py", "scripts/setup.sh",
+            "scripts/preflight/pipeline.py", "tests/cluster/conftest.py", ".ci/run"} <= set(files)
+    assert not [f for f in files if f.startswith("bench/") or f == "tests/test_new_project.py"]
+    assert (dest / "README.md").read_text().startswith("# my-project\n")
+    # (new_project.sh itself names what it leaves out)
+    text = "\n".join((dest / f).read_text(errors="replace") for f in files
+                     if f != "scripts/new_project.sh")
+    assert "horovod-preflight" not in text and "bench" not in text
+    assert "make train" in (dest / "README.md").read_text()
+
+
+def test_new_project_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    proc = new_project(tmp_path)
+    assert proc.returncode != 0
+    assert "exists and is not empty" in proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_a_fresh_new_project_passes_its_own_make_test(tmp_path: Path) -> None:
+    dest = tmp_path / "my-project"
+    assert new_project(dest).returncode == 0
+    # Its own venv and its own simulated cluster (another prefix than this suite's); the training
+    # runs that this suite already covers are deselected there to keep CI inside its time.
+    env = {**os.environ, "HVSIM_PREFIX": "hvnp", "PYTEST_ARGS": "-q -m 'not slow'"}
+    env.pop("VENV", None)
+    proc = subprocess.run(["make", "--no-print-directory", "test"], cwd=dest, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "failed" not in summary
+    assert (dest / ".venv" / "bin" / "horovodrun").exists()
