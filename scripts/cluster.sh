@@ -72,7 +72,7 @@ Commands:
       delay [MS]     add MS ms (default 100) of delay with the netem qdisc; exits 3 when the
                      kernel has no netem
       sshd           stop HOST's sshd (off: start it again)
-      firewall       drop new incoming TCP connections to ports 1025-65535 (ssh on 22 still works)
+      firewall       drop new incoming TCP connections to ports 1024-65535 (ssh on 22 still works)
       mtu [MTU]      set the cluster interface MTU (default 1400; off: back to 1500)
       debian-hosts   add Debian's '127.0.1.1 HOST' line to HOST's /etc/hosts (off: remove it,
                      also when 'up --debian-hosts' put it there); running sessions see the change
@@ -870,7 +870,7 @@ fault_sshd() {
 
 fault_firewall() {
   local ns=$1 state=$2
-  local -a rule=(INPUT ! -i lo -p tcp --syn --dport 1025:65535 -m comment --comment hvsim-firewall -j DROP)
+  local -a rule=(INPUT ! -i lo -p tcp --syn --dport 1024:65535 -m comment --comment hvsim-firewall -j DROP)
   if [[ $state == off ]]; then
     delete_tagged_rules "$ns" hvsim-firewall
   elif ! ip netns exec "$ns" iptables -C "${rule[@]}" 2>/dev/null; then

@@ -35,7 +35,6 @@ MAX_PAYLOAD = 65507  # the largest UDP payload over IPv4
 MIN_MTU = 576  # every IPv4 path carries this
 PINGS = 5
 CONNECT_S = 2.5  # per connect attempt; there are two when the first times out
-MTU_RESERVE_S = 1.5  # what the TCP test leaves of the budget for the MTU test
 UDP_TRIES = 5  # a lossy link loses some datagrams: only five losses in a row mean "too big"
 UDP_WAIT_S = 0.25
 SEARCH_STEPS = 8
@@ -99,7 +98,7 @@ def serve_udp(sock: socket.socket) -> None:
 def tcp_probe(source: str, peer: dict, deadline: float) -> dict:
     """Connects to the peer's listener and times a few one-byte round trips; a timeout gets one
     more try, so that a lost SYN on a lossy link is not mistaken for a firewall."""
-    attempt_s = min(CONNECT_S, max(0.5, (deadline - time.monotonic() - MTU_RESERVE_S) / 2))
+    attempt_s = min(CONNECT_S, max(0.5, (deadline - time.monotonic()) / 2))
     result = {"tcp": "timed out", "rtt_ms": None}
     for _ in range(2):
         result = tcp_attempt(source, peer, attempt_s)
@@ -210,10 +209,12 @@ def mtu_probe(source: str, own_mtu: int, peer: dict, deadline: float) -> dict:
 
 
 def probe_peer(source: str, own_mtu: int, peer: dict, deadline: float) -> dict:
-    result = {"peer": peer["label"], "port": peer["tcp_port"]}
-    result.update(tcp_probe(source, peer, deadline))
-    result.update(mtu_probe(source, own_mtu, peer, deadline))
-    return result
+    """TCP and MTU towards one peer, side by side: each may need the whole time budget (a
+    dropped SYN, a silently dropped datagram)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        tcp = pool.submit(tcp_probe, source, peer, deadline)
+        mtu = pool.submit(mtu_probe, source, own_mtu, peer, deadline)
+        return {"peer": peer["label"], "port": peer["tcp_port"], **tcp.result(), **mtu.result()}
 
 
 def listen(address: str, kind: int) -> socket.socket:

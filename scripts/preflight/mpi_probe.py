@@ -5,6 +5,8 @@ the hosts but the venv's Python with mpi4py. It prints JSON lines:
 
   {"event": "init", "rank", "host"}         every rank, as soon as MPI is up
   {"event": "start", "rank", "peer"}         every rank, as it turns to a pair
+  {"event": "done" | "stuck", "rank", "peer"}  every rank, as it leaves the pair; "stuck" also
+                                            has "opening" and the "phase" ("meet", "measure")
   {"event": "pair", "a", "b", "latency_us", "MBps": {"a_b", "b_a"}}
                                             the rank that opened the pair's connection (a), when
                                             that pair is done
@@ -15,7 +17,10 @@ n, n for an odd n), and in each pair a fixed side opens the TCP connection, chos
 host has connections opened towards it (h1 -> h2, h2 -> h3, h3 -> h1 for three). Open MPI opens a
 connection the first time a rank sends to a peer and reuses it both ways after, so without this a
 host that drops incoming connections can pass or hang depending on who happened to send first.
-A pair that both ranks started and that never finished is how a firewall shows.
+A firewall shows as a pair whose first message never gets through: the rank that opens the pair
+gives it up after --pair-wait-s ("stuck" in the "meet" phase) and goes on with its other pairs,
+on a schedule every rank keeps (see Clock), so one bad host does not stop the others from being
+measured.
 Then the allreduce, checked: the sum of the ranks, and of a float array.
 
 Standard library and mpi4py only; mpi4py is imported in main() so tests can import the rest.
@@ -34,9 +39,14 @@ from array import array
 ARRAY_LEN = 4096
 PINGS = 50
 WARMUP = 5
-BANDWIDTH_REPEATS = 4
+BURSTS = 3
+BURST_MESSAGES = 2
 TAG = 7
-POLL_S = 0.0005
+NAP_S = 0.0005
+SKEW_S = 0.5  # how far apart ranks may start (MPI_Init ends together); the waiting side waits
+LATENCY_SLOT_S = 0.5  # what a round's slot keeps for timing the pair, beyond the meeting
+BANDWIDTH_SLOT_S = 4.0
+LEFT_BEHIND: list = []  # requests given up on, kept so that their buffers stay alive
 
 
 def round_robin(n: int) -> list[list[tuple[int, int]]]:
@@ -75,81 +85,154 @@ def opener(a: int, b: int, n: int) -> int:
     return low if high - low <= n // 2 else high
 
 
-def wait_politely(request) -> None:
-    """Waits for a request while sleeping. MPI's blocking calls spin on a core; a rank waiting
-    for its partner would take CPU from the pair being timed where cores are few."""
+class Stuck(Exception):
+    """A pair operation did not finish in time: the pair is given up and the rank moves on."""
+
+
+def finish(request, deadline: float, nap_s: float = 0.0) -> None:
+    """Waits for a request until the deadline, napping between tests if asked (MPI's blocking
+    calls spin on a core, which takes CPU from the pair being timed where cores are few)."""
     while not request.Test():
-        time.sleep(POLL_S)
+        if time.monotonic() > deadline:
+            LEFT_BEHIND.append(request)  # its buffer must outlive it: MPI may still write there
+            raise Stuck
+        if nap_s:
+            time.sleep(nap_s)
 
 
-def meet(comm, peer: int, opening: bool) -> None:
+def meet(comm, peer: int, opening: bool, deadline: float) -> None:
     """The pair's first message, from the opener: it opens the connection, and both wait."""
     hello = bytearray(1)
     if opening:
-        wait_politely(comm.Isend(hello, dest=peer, tag=TAG))
+        finish(comm.Isend(hello, dest=peer, tag=TAG), deadline, NAP_S)
+        return
+    request = comm.Irecv(hello, source=peer, tag=TAG)
+    try:
+        finish(request, deadline, NAP_S)
+    except Stuck:
+        request.Cancel()  # a hello that comes late must not land in a later receive
+        raise
+
+
+def exchange(comm, peer: int, buf, send_first: bool, deadline: float) -> None:
+    """One message each way, in order; both bounded by the deadline."""
+    if send_first:
+        finish(comm.Isend(buf, dest=peer, tag=TAG), deadline)
+        finish(comm.Irecv(buf, source=peer, tag=TAG), deadline)
     else:
-        wait_politely(comm.Irecv(hello, source=peer, tag=TAG))
+        finish(comm.Irecv(buf, source=peer, tag=TAG), deadline)
+        finish(comm.Isend(buf, dest=peer, tag=TAG), deadline)
 
 
-def ping_pong_us(comm, peer: int, lead: bool) -> float:
+def ping_pong_us(comm, peer: int, lead: bool, deadline: float) -> float:
     """Half the median round trip of 8-byte messages, in microseconds."""
     buf = bytearray(8)
     times = []
     for i in range(WARMUP + PINGS):
         start = time.perf_counter()
-        if lead:
-            comm.Send(buf, dest=peer, tag=TAG)
-            comm.Recv(buf, source=peer, tag=TAG)
-        else:
-            comm.Recv(buf, source=peer, tag=TAG)
-            comm.Send(buf, dest=peer, tag=TAG)
+        exchange(comm, peer, buf, lead, deadline)
         if i >= WARMUP:
             times.append(time.perf_counter() - start)
     return statistics.median(times) / 2 * 1e6
 
 
-def stream_mbps(comm, peer: int, sending: bool, payload: bytearray) -> float | None:
-    """MB/s of a few large messages one way, timed by the sender up to a one-byte reply."""
+def stream_mbps(comm, peer: int, sending: bool, payload: bytearray, deadline: float
+                ) -> float | None:
+    """MB/s one way: the best of a few bursts of large messages, each timed by the sender up to
+    a one-byte reply (the best, as a busy host can stall any single burst)."""
     ack = bytearray(1)
-    if sending:
+    best = 0.0
+    for _ in range(BURSTS):
         start = time.perf_counter()
-        for _ in range(BANDWIDTH_REPEATS):
-            comm.Send(payload, dest=peer, tag=TAG)
-        comm.Recv(ack, source=peer, tag=TAG)
-        return len(payload) * BANDWIDTH_REPEATS / (time.perf_counter() - start) / 1e6
-    for _ in range(BANDWIDTH_REPEATS):
-        comm.Recv(payload, source=peer, tag=TAG)
-    comm.Send(ack, dest=peer, tag=TAG)
-    return None
+        for _ in range(BURST_MESSAGES):
+            if sending:
+                finish(comm.Isend(payload, dest=peer, tag=TAG), deadline)
+            else:
+                finish(comm.Irecv(payload, source=peer, tag=TAG), deadline)
+        if sending:
+            finish(comm.Irecv(ack, source=peer, tag=TAG), deadline)
+        else:
+            finish(comm.Isend(ack, dest=peer, tag=TAG), deadline)
+        elapsed = time.perf_counter() - start
+        best = max(best, len(payload) * BURST_MESSAGES / elapsed / 1e6)
+    return best if sending else None
 
 
-def both_ways_mbps(comm, peer: int, opening: bool, payload: bytearray) -> dict | None:
+def both_ways_mbps(comm, peer: int, opening: bool, payload: bytearray, deadline: float
+                   ) -> dict | None:
     """Bandwidth opener -> other, then back (a link can be slow one way only); the opener gets
     both figures, the other None."""
-    first = stream_mbps(comm, peer, opening, payload)
-    second = stream_mbps(comm, peer, not opening, payload)
-    if opening:
-        return {"a_b": round(first, 1), "b_a": round(comm.recv(source=peer, tag=TAG), 1)}
-    comm.send(second, dest=peer, tag=TAG)
-    return None
+    first = stream_mbps(comm, peer, opening, payload, deadline)
+    second = stream_mbps(comm, peer, not opening, payload, deadline)
+    figure = array("d", [second or 0.0])
+    exchange(comm, peer, figure, not opening, deadline)  # the other side's figure comes over
+    return {"a_b": round(first, 1), "b_a": round(figure[0], 1)} if opening else None
 
 
-def measure_pairs(comm, size_mib: float, bandwidth: bool) -> None:
-    """This rank's pairs, round by round; the opener of each prints its figures."""
+class Clock:
+    """The pair schedule's deadlines, the same on every rank: round k has a slot of
+    slot_s starting at k * slot_s after the start. The opener gives the first message wait_s
+    into the slot; the other side waits SKEW_S longer (ranks start a little apart). A pair
+    given up thus costs its own slot only, and a rank that sat it out is not late for the next."""
+
+    def __init__(self, wait_s: float, measure_s: float) -> None:
+        self.start = time.monotonic()
+        self.wait_s = wait_s
+        self.slot_s = wait_s + SKEW_S + measure_s
+
+    def meet_by(self, round_index: int, opening: bool) -> float:
+        return (self.start + round_index * self.slot_s + self.wait_s
+                + (0.0 if opening else SKEW_S))
+
+    def measure_by(self, round_index: int) -> float:
+        """The end of the round's slot, but at least a moment from now."""
+        return max(self.start + (round_index + 1) * self.slot_s,
+                   time.monotonic() + LATENCY_SLOT_S)
+
+
+def measure_pair(comm, peer: int, opening: bool, payload: bytearray | None, clock: Clock,
+                 round_index: int) -> dict:
+    """Latency (and bandwidth) with one peer; raises Stuck (with the phase) when it stops."""
+    try:
+        meet(comm, peer, opening, clock.meet_by(round_index, opening))
+    except Stuck as exc:
+        raise Stuck("meet") from exc
+    deadline = clock.measure_by(round_index)
+    try:
+        us = ping_pong_us(comm, peer, opening, deadline)
+        rates = both_ways_mbps(comm, peer, opening, payload, deadline) if payload else None
+    except Stuck as exc:
+        raise Stuck("measure") from exc
+    return {"latency_us": round(us, 2), "MBps": rates}
+
+
+def measure_pairs(comm, size_mib: float, bandwidth: bool, wait_s: float) -> None:
+    """This rank's pairs, round by round. A pair whose first message does not come through in
+    time is given up ("stuck"), so the other pairs are still measured; the opener of each pair
+    prints its figures."""
     rank, size = comm.Get_rank(), comm.Get_size()
-    payload = bytearray(int(size_mib * 1024 * 1024)) if bandwidth else bytearray()
-    for round_pairs in round_robin(size):
+    payload = bytearray(int(size_mib * 1024 * 1024)) if bandwidth else None
+    clock = Clock(wait_s, slot_measure_s(bandwidth))
+    for index, round_pairs in enumerate(round_robin(size)):
         peer = partner(round_pairs, rank)
         if peer is None:
             continue
         opening = opener(rank, peer, size) == rank
         emit({"event": "start", "rank": rank, "peer": peer})
-        meet(comm, peer, opening)
-        us = ping_pong_us(comm, peer, opening)
-        rates = both_ways_mbps(comm, peer, opening, payload) if bandwidth else None
+        try:
+            figures = measure_pair(comm, peer, opening, payload, clock, index)
+        except Stuck as exc:
+            emit({"event": "stuck", "rank": rank, "peer": peer, "opening": opening,
+                  "phase": str(exc)})
+            continue
+        emit({"event": "done", "rank": rank, "peer": peer})
         if opening:
-            emit({"event": "pair", "a": rank, "b": peer, "latency_us": round(us, 2),
-                  "MBps": rates})
+            emit({"event": "pair", "a": rank, "b": peer, **figures})
+
+
+def slot_measure_s(bandwidth: bool) -> float:
+    """Time a pair's measurement takes at most in a round's slot (the rest is for meeting)."""
+    return BANDWIDTH_SLOT_S if bandwidth else LATENCY_SLOT_S
 
 
 def check_allreduce(comm, mpi) -> dict:
@@ -171,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="MPI pair and allreduce probe")
     parser.add_argument("--bandwidth", action="store_true")
     parser.add_argument("--size-mib", type=float, default=8.0)
+    parser.add_argument("--pair-wait-s", type=float, default=10.0,
+                        help="give a pair up when its first message takes longer than this")
     args = parser.parse_args(argv)
     from mpi4py import MPI
 
@@ -178,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = comm.Get_rank()
     start = time.monotonic()
     emit({"event": "init", "rank": rank, "host": socket.gethostname()})
-    measure_pairs(comm, args.size_mib, args.bandwidth)
+    measure_pairs(comm, args.size_mib, args.bandwidth, args.pair_wait_s)
     hosts = comm.allgather(socket.gethostname())
     allreduce = check_allreduce(comm, MPI)
     if rank == 0:

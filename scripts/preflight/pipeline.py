@@ -7,7 +7,6 @@ A host that fails a step is left out of the steps after it, and gets `skip` ther
 
 from __future__ import annotations
 
-import importlib
 import sys
 import time
 import traceback
@@ -15,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checks import clock, interface, resolve, resources, software
+from .checks import clock, interface, mesh, mpi, resolve, resources, software
 from .checks import ssh as ssh_checks
 from .checks.interface import InterfaceChoice
 from .facts import Facts
@@ -196,9 +195,6 @@ def run_mesh_step(ssh: Ssh, choice: InterfaceChoice, ready: list[str], options: 
     if len(ready) < 2:
         why = "one host: nothing to test between hosts" if ready else "no healthy host"
         return {n: [skipped("mesh.tcp", why), skipped("mtu.path", why)] for n in ready}
-    mesh = optional_module("mesh")
-    if isinstance(mesh, str):
-        return {n: [skipped("mesh.tcp", mesh), skipped("mtu.path", mesh)] for n in ready}
     say(f"mesh and MTU test between {len(ready)} hosts on {choice.interface}")
     hosts = [mesh.MeshHost(n, choice.addresses[n], choice.names[n], choice.mtus[n])
              for n in ready]
@@ -216,9 +212,6 @@ def run_mpi_step(choice: InterfaceChoice, ready: list[str], slots: Mapping[str, 
         return {n: [skipped("mpi.allreduce", "skipped: --no-mpi")] for n in ready}, {}
     if not ready:
         return {}, {}
-    mpi = optional_module("mpi")
-    if isinstance(mpi, str):
-        return {n: [skipped("mpi.allreduce", mpi)] for n in ready}, {}
     say(f"MPI allreduce over {len(ready)} host(s)")
     hosts = [mpi.MpiHost(n, choice.addresses[n], slots[n]) for n in ready]
     try:
@@ -229,14 +222,6 @@ def run_mpi_step(choice: InterfaceChoice, ready: list[str], slots: Mapping[str, 
         return crashed(ready, "mpi.allreduce", exc), {}
     return {n: list(found.get(n) or [skipped("mpi.allreduce", "no result")])
             for n in ready}, dict(matrices or {})
-
-
-def optional_module(name: str):
-    """checks.<name>, or a line saying why it is not available."""
-    try:
-        return importlib.import_module(f"{__package__}.checks.{name}")
-    except ImportError as exc:
-        return f"not run: preflight.checks.{name} unavailable ({exc})"
 
 
 def crashed(hosts: list[str], check_id: str, exc: Exception) -> dict[str, list[CheckResult]]:

@@ -10,14 +10,14 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from preflight import pipeline
 from preflight.__main__ import main
+from preflight.checks.mesh import MeshHost
+from preflight.checks.mpi import MpiHost
 from preflight.facts import Facts
 from preflight.remote import RemoteResult
 from preflight.result import failed, passed
@@ -122,21 +122,6 @@ def test_json_flag_prints_the_report_on_stdout(tmp_path, capsys):
 
 # --- the whole pipeline on recorded facts -------------------------------------------------------
 
-@dataclass(frozen=True)
-class MeshHost:
-    name: str
-    address: str
-    interface: str
-    mtu: int
-
-
-@dataclass(frozen=True)
-class MpiHost:
-    name: str
-    address: str
-    slots: int
-
-
 def replay(monkeypatch, edit=None, mesh_fails: tuple[str, ...] = ()) -> dict:
     """Replays facts/h1-3.json as the probes' answers; records what the active tests got."""
     calls: dict = {}
@@ -160,10 +145,9 @@ def replay(monkeypatch, edit=None, mesh_fails: tuple[str, ...] = ()) -> dict:
         calls["mpi"] = (hosts, interface, cidr)
         return {h.name: [passed("mpi.allreduce", "ok")] for h in hosts}, {"latency_us": []}
 
-    modules = {"mesh": SimpleNamespace(MeshHost=MeshHost, run_mesh=run_mesh),
-               "mpi": SimpleNamespace(MpiHost=MpiHost, run_mpi=run_mpi)}
     monkeypatch.setattr(pipeline, "probe_host", probe_host)
-    monkeypatch.setattr(pipeline, "optional_module", modules.__getitem__)
+    monkeypatch.setattr(pipeline.mesh, "run_mesh", run_mesh)
+    monkeypatch.setattr(pipeline.mpi, "run_mpi", run_mpi)
     return calls
 
 

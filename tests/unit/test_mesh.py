@@ -101,6 +101,14 @@ def test_two_hosts_where_only_one_direction_fails_blames_the_receiver():
     assert "refused from h1" in results["h2"].detail
 
 
+def test_a_host_some_peers_reach_is_not_said_to_have_a_plain_firewall():
+    blocked = {("h2", "h3"): probe("h2", "h3", tcp="timed out")}
+    results = tcp_results(outcome(all_pairs(probes=blocked)))
+    assert statuses(results) == {"h1": Status.PASS, "h2": Status.PASS, "h3": Status.FAIL}
+    assert "from h2 while h1 got through" in results["h3"].detail
+    assert "ping -c 100 h3 from h2" in results["h3"].remedy
+
+
 def test_a_host_that_cannot_connect_out_is_told_about_outgoing_traffic():
     blocked = {("h3", "h1"): probe("h3", "h1", tcp="timed out"),
                ("h3", "h2"): probe("h3", "h2", tcp="timed out")}

@@ -21,11 +21,13 @@ from preflight.checks.mpi import (
     measurements,
     missing_tools,
     mpirun_argv,
+    pair_wait_s,
     parse_event,
     parse_output,
     rank_layout,
     run_bounded,
     run_mpi,
+    will_hang,
 )
 from preflight.mpi_probe import opener, partner, round_robin
 from preflight.result import Status
@@ -53,7 +55,8 @@ def output(pairs=None, ok=True, n=3) -> ProbeOutput:
               "allreduce": {"ok": ok, "sum_of_ranks": 3 if ok else 4, "expected": 3,
                             "array_ok": ok, "array_len": 4096}}
     every = frozenset((a, b) for a in range(n) for b in range(n) if a != b)
-    return ProbeOutput(frozenset(range(n)), every, tuple(pairs), result)
+    return ProbeOutput(started=frozenset(range(n)), attempts=every, left=every,
+                       pairs=tuple(pairs), result=result)
 
 
 def stdout_of(*events: dict) -> str:
@@ -112,6 +115,7 @@ def test_mpirun_places_one_rank_per_host_on_the_chosen_network_over_tcp():
     assert f"--mca oob_tcp_if_include {CIDR}" in joined
     assert "--mca btl self,tcp" in joined and "--mca pml ob1" in joined
     assert "--bind-to none" in joined
+    assert "--mca btl_tcp_port_min_v4 1025" in joined
     assert "--allow-run-as-root" not in argv
     assert argv[argv.index("/venv/bin/python") + 1] == "-c"
     assert "--bandwidth" not in argv
@@ -176,8 +180,10 @@ def test_bandwidth_is_kept_per_direction_for_every_pair():
     assert results["h1"][2].status is Status.PASS
 
 
-def hung(done: list[dict], attempts: list[tuple[int, int]], started=(0, 1, 2)) -> dict:
-    out = ProbeOutput(frozenset(started), frozenset(attempts), tuple(done), None)
+def hung(done: list[dict], attempts: list[tuple[int, int]], started=(0, 1, 2),
+         stuck: list[tuple[int, int]] = (), cut: list[tuple[int, int]] = ()) -> dict:
+    out = ProbeOutput(started=frozenset(started), attempts=frozenset(attempts),
+                      stuck=frozenset(stuck), cut=frozenset(cut), pairs=tuple(done))
     run = a_run(returncode=-15, timed_out=True, seconds=17.2, limit_s=15)
     return launch_failure(HOSTS, LAYOUT, run, out, "eth0", CIDR)
 
@@ -205,6 +211,43 @@ def test_pairs_only_waiting_behind_a_blocked_one_are_not_blamed():
     assert "MPI's TCP connections" not in results["h1"][0].detail
 
 
+def test_a_pair_given_up_as_stuck_is_blamed_and_the_others_still_count():
+    # h3 drops incoming: h2 -> h3 is given up by both, h3 -> h1 and h1 -> h2 go on and work.
+    results = hung([pair(2, 0, 50.0), pair(0, 1, 40.0)],
+                   [(1, 2), (2, 1), (0, 2), (2, 0), (0, 1), (1, 0)], stuck=[(1, 2), (2, 1)],
+                   cut=[(1, 2)])
+    assert {h: cs[0].status for h, cs in results.items()} == {
+        "h1": Status.WARN, "h2": Status.WARN, "h3": Status.FAIL}
+    assert "MPI's TCP connections to h3 from h2 never completed" in results["h3"][0].detail
+    assert "MPI from h2 to h1 works" in results["h2"][0].detail
+
+
+def test_only_pairs_whose_first_message_never_went_are_blamed_when_known():
+    # h1 gave up waiting for h3 (h3 was late), but only h2 -> h3 never got through.
+    results = hung([pair(0, 1, 40.0)], [(1, 2), (2, 1), (0, 2), (0, 1), (1, 0)],
+                   stuck=[(1, 2), (2, 1), (0, 2)], cut=[(1, 2)])
+    assert results["h3"][0].detail.endswith("MPI's TCP connections to h3 from h2 never "
+                                            "completed")
+
+
+def test_the_run_is_hopeless_once_every_rank_left_its_pairs_and_one_was_stuck():
+    check = will_hang(3)
+    lines = [{"event": "stuck", "rank": 1, "peer": 2}, {"event": "stuck", "rank": 2, "peer": 1},
+             {"event": "done", "rank": 0, "peer": 2}, {"event": "done", "rank": 2, "peer": 0},
+             {"event": "done", "rank": 0, "peer": 1}]
+    assert not check(stdout_of(*lines))  # rank 1 has not left h1 yet
+    assert check(stdout_of(*lines, {"event": "done", "rank": 1, "peer": 0}))
+    healthy = [{"event": "done", "rank": r, "peer": p} for r in range(3) for p in range(3)
+               if r != p]
+    assert not check(stdout_of(*healthy))
+
+
+def test_the_pair_wait_shares_the_timeout_between_rounds_within_bounds():
+    assert pair_wait_s(15, 3) == 2.5  # 0.7 * 15 s over 3 rounds, less 1 s of each slot
+    assert pair_wait_s(60, 3) == 5.0
+    assert pair_wait_s(15, 32) == 1.5
+
+
 def test_a_hang_with_no_pair_to_blame_fails_everyone():
     results = hung([], [])
     assert {h: cs[0].status for h, cs in results.items()} == {h: Status.FAIL for h in LAYOUT}
@@ -217,12 +260,19 @@ def test_a_hang_where_a_host_never_started_says_which():
     assert "waiting for h2 to start" in results["h1"][0].detail
 
 
+def test_a_hang_before_any_rank_started_points_at_this_machine():
+    results = hung([], [], started=())
+    assert {h: cs[0].status for h, cs in results.items()} == {h: Status.FAIL for h in LAYOUT}
+    assert "before any rank started" in results["h2"][0].detail
+    assert "on this machine" in results["h2"][0].remedy
+
+
 def test_probe_lines_are_sorted_by_kind_and_chatter_is_dropped():
     text = ("Warning: Permanently added 'h2' to the list of known hosts.\n" + stdout_of(
         {"event": "init", "rank": 0, "host": "h1"}, {"event": "start", "rank": 0, "peer": 1},
         pair(0, 1, 40.0), {"event": "result", "allreduce": {"ok": True}}))
     parsed = parse_output(text)
-    assert parsed.started == {0} and parsed.attempts == {(0, 1)}
+    assert parsed.started == {0} and parsed.attempts == {(0, 1)} and not parsed.stuck
     assert parsed.pairs == (pair(0, 1, 40.0),)
     assert parsed.result == {"event": "result", "allreduce": {"ok": True}}
 
@@ -288,6 +338,18 @@ def test_a_hanging_mpirun_is_killed_with_its_ranks_at_the_timeout():
     assert time.monotonic() - start < 10
     assert eventually(lambda: subprocess.run(["pgrep", "-f", "preflight-hang-test"],
                                              capture_output=True).returncode == 1)
+
+
+def test_a_run_that_reports_it_will_hang_is_stopped_early():
+    script = ("import json, time\n"
+              "print(json.dumps({'event': 'stuck', 'rank': 0, 'peer': 1}), flush=True)\n"
+              "print(json.dumps({'event': 'done', 'rank': 1, 'peer': 0}), flush=True)\n"
+              "time.sleep(300)\n")
+    start = time.monotonic()
+    run = run_bounded([sys.executable, "-c", script], timeout_s=60, hopeless=will_hang(2))
+    assert run.timed_out and run.gave_up
+    assert time.monotonic() - start < 10
+    assert parse_output(run.stdout).stuck == {(0, 1)}
 
 
 def eventually(check, tries: int = 20, delay: float = 0.1) -> bool:

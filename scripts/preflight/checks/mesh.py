@@ -29,6 +29,8 @@ CHECK_ID = "mesh.tcp"
 AGENT_SOURCE = (Path(__file__).resolve().parent.parent / "mesh_agent.py").read_text()
 # Runs the given interpreter, or python3 if that path is not there on the host.
 LAUNCHER = 'p="$1"; shift; [ -x "$p" ] || p=python3; exec "$p" "$@"'
+READY_SHARE = 0.5  # of the timeout, for every agent to start and report its ports
+RESULT_MARGIN_S = 1.0  # of the timeout, for the agents' results to come back
 
 
 @dataclass(frozen=True)
@@ -154,27 +156,30 @@ def agent_argv(host: MeshHost, python: str, max_s: float) -> list[str]:
             "--mtu", str(host.mtu), "--max-s", str(int(max_s) + 30)]
 
 
+def launch(ssh: Ssh, host: MeshHost, python: str, timeout_s: float) -> Agent | str:
+    """The agent on host, or why it could not even be started (no ssh client, say)."""
+    try:
+        return Agent(host, ssh.popen(host.target, agent_argv(host, python, timeout_s)))
+    except OSError as exc:
+        return str(exc)
+
+
 def run_agents(ssh: Ssh, hosts: list[MeshHost], python_for: Callable[[str], str],
                timeout_s: float) -> MeshOutcome:
+    """Both phases: all agents listen and report their ports, then all probe all."""
     start = time.monotonic()
-    deadline = start + timeout_s
-    agents = fan_out(hosts, lambda h: Agent(h, ssh.popen(
-        h.target, agent_argv(h, python_for(h.target), timeout_s))))
+    launched = fan_out(hosts, lambda h: launch(ssh, h, python_for(h.target), timeout_s))
+    agents = [a for a in launched if isinstance(a, Agent)]
+    not_started = {h.name: why for h, why in zip(hosts, launched) if isinstance(why, str)}
     try:
-        # Phase 1: every agent listens and says on which ports. Half the time is for this:
-        # an ssh connection and a Python start.
-        ready_by = start + timeout_s * 0.5
-        ready = dict(zip([a.host.name for a in agents],
-                         fan_out(agents, lambda a: a.wait_event("ready", ready_by))))
-        not_started = {a.host.name: a.why_not("no answer within "
-                                              f"{timeout_s * 0.5:.0f}s (ssh or python failed)")
-                       for a in agents if ready[a.host.name] is None}
+        # Phase 1 gets half the time: an ssh connection and a Python start on every host.
+        ready = dict(zip([a.host.name for a in agents], fan_out(
+            agents, lambda a: a.wait_event("ready", start + timeout_s * READY_SHARE))))
         live = [a for a in agents if ready[a.host.name] is not None]
-        # Phase 2: each agent gets its peers and tests them all at once.
-        budget_s = max(deadline - time.monotonic() - 1.0, 1.0)
-        for agent in live:
-            agent.send(json.dumps(peers_command(agent.host.name, hosts, ready, budget_s)))
-        results = fan_out(live, lambda a: a.wait_event("result", deadline))
+        not_started.update({a.host.name: a.why_not(
+            f"no answer within {timeout_s * READY_SHARE:.0f}s (ssh or python failed)")
+            for a in agents if ready[a.host.name] is None})
+        results = probe_all(live, hosts, ready, start + timeout_s)
     finally:
         fan_out(agents, lambda a: a.stop())
     probes: list[Probe] = []
@@ -185,6 +190,15 @@ def run_agents(ssh: Ssh, hosts: list[MeshHost], python_for: Callable[[str], str]
             probes.extend(parse_probes(result))
     mtus = {name: int(event.get("mtu", 0)) for name, event in ready.items() if event}
     return MeshOutcome(tuple(hosts), not_started, mtus, tuple(probes))
+
+
+def probe_all(live: list[Agent], hosts: list[MeshHost], ready: Mapping[str, dict | None],
+              deadline: float) -> list[dict | None]:
+    """Phase 2: each agent gets its peers and a time budget, and tests them all at once."""
+    budget_s = max(deadline - time.monotonic() - RESULT_MARGIN_S, 1.0)
+    for agent in live:
+        agent.send(json.dumps(peers_command(agent.host.name, hosts, ready, budget_s)))
+    return fan_out(live, lambda a: a.wait_event("result", deadline))
 
 
 def peers_command(name: str, hosts: list[MeshHost], ready: Mapping[str, dict | None],

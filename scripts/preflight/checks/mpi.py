@@ -2,9 +2,12 @@
 
 mpirun starts one rank per host (preflight/mpi_probe.py) over the same transport the job will
 use: TCP on the chosen network only, no shared memory and no UCX, so what passes here is what
-Horovod meets. The classic failure is not an error but a hang: a firewall drops MPI's connections
-to ephemeral ports and the allreduce waits forever, so mpirun runs under a timeout and its whole
-process group is killed when that runs out.
+Horovod meets. The probe times every pair of hosts, then runs a checked allreduce.
+
+The classic failure is not an error but a hang: a firewall drops MPI's connections to ports
+above 1024 and the allreduce waits forever. So mpirun runs in its own process group under a
+timeout, and is stopped sooner when the probe's output shows it must hang (every rank is past
+its pairs and one pair never connected). The pairs that never connected name the host.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from preflight.checks.mesh import blame
-from preflight.mpi_probe import opener
+from preflight.mpi_probe import SKEW_S, opener, round_robin, slot_measure_s
 from preflight.result import CheckResult, failed, passed, skipped, warned
 
 ALLREDUCE = "mpi.allreduce"
@@ -33,12 +37,19 @@ PROBE_SOURCE = (Path(__file__).resolve().parent.parent / "mpi_probe.py").read_te
 MESSAGE_MIB = 8
 SLOW_LATENCY = 5.0  # a pair this many times the typical latency (and 100 us above it) is slow
 SLOW_LATENCY_MARGIN_US = 100.0
-SLOW_BANDWIDTH = 4.0  # a pair this many times below the typical bandwidth is slow
+SLOW_BANDWIDTH = 8.0  # a pair this many times below the typical bandwidth is slow (a 1 Gb/s
+# link among 10 Gb/s ones is; the spread of a busy host is not)
 KILL_GRACE_S = 3.0
+HOPELESS_GRACE_S = 2.0  # a stuck pair may still connect late: give the collectives a moment
+WATCH_S = 0.1
+PAIR_SHARE = 0.7  # of the timeout, for the pair rounds; the rest is for launch and allreduce
+BTL_PORT_MIN = 1025
 
 
 @dataclass(frozen=True)
 class MpiHost:
+    """A host for mpirun: the name it is reached by (mpirun's -H), its address, its slots."""
+
     name: str
     address: str
     slots: int
@@ -53,17 +64,22 @@ class MpirunRun:
     stdout: str
     stderr: str
     seconds: float
-    timed_out: bool = False
+    timed_out: bool = False  # stopped by us: at the time limit, or as soon as it was hopeless
     limit_s: float = 0.0
+    gave_up: bool = False
 
 
 @dataclass(frozen=True)
 class ProbeOutput:
-    """The probe's JSON lines by kind: who started, which pairs each rank turned to, the
-    finished pairs with their figures, and rank 0's result (None if it never came)."""
+    """The probe's JSON lines by kind: the ranks that started, the (rank, peer) pairs each rank
+    turned to, left, and gave up on (stuck), the figures of the finished pairs, and rank 0's
+    result (None if it never came)."""
 
     started: frozenset[int] = frozenset()
     attempts: frozenset[tuple[int, int]] = frozenset()
+    left: frozenset[tuple[int, int]] = frozenset()
+    stuck: frozenset[tuple[int, int]] = frozenset()
+    cut: frozenset[tuple[int, int]] = frozenset()  # (opener, peer): its first message never went
     pairs: tuple[dict, ...] = ()
     result: dict | None = None
 
@@ -79,7 +95,9 @@ def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
         detail, remedy = problem
         return {h.name: [failed(ALLREDUCE, detail, remedy)] for h in hosts}, empty_measurements()
     layout = rank_layout(hosts)
-    run = run_bounded(mpirun_argv(hosts, layout, cidr, python, bandwidth), timeout_s)
+    argv = mpirun_argv(hosts, layout, cidr, python, bandwidth,
+                       pair_wait_s=pair_wait_s(timeout_s, len(layout), bandwidth))
+    run = run_bounded(argv, timeout_s, will_hang(len(layout)))
     output = parse_output(run.stdout)
     measured = measurements(output, layout)
     if output.result is None:
@@ -120,7 +138,7 @@ def rank_layout(hosts: list[MpiHost]) -> list[str]:
 
 
 def mpirun_argv(hosts: list[MpiHost], layout: list[str], cidr: str, python: str,
-                bandwidth: bool, uid: int | None = None) -> list[str]:
+                bandwidth: bool, uid: int | None = None, pair_wait_s: float = 5.0) -> list[str]:
     counts = {h.name: layout.count(h.name) for h in hosts}
     argv = ["mpirun", "-np", str(len(layout)),
             "-H", ",".join(f"{name}:{n}" for name, n in counts.items() if n),
@@ -129,51 +147,105 @@ def mpirun_argv(hosts: list[MpiHost], layout: list[str], cidr: str, python: str,
             # would pick its own interfaces), and the same network for mpirun's own traffic.
             "--mca", "pml", "ob1", "--mca", "btl", "self,tcp",
             "--mca", "btl_tcp_if_include", cidr, "--mca", "oob_tcp_if_include", cidr,
+            # Open MPI listens at the first free port from 1024; with more ranks per host, or
+            # a port still in TIME_WAIT, that is 1025 and up. Starting there makes a firewall
+            # that spares only ports up to 1024 fail every time rather than now and then.
+            "--mca", "btl_tcp_port_min_v4", str(BTL_PORT_MIN),
             "--mca", "plm_rsh_args", "-o BatchMode=yes -o ConnectTimeout=5"]
     if (os.geteuid() if uid is None else uid) == 0:
         argv.append("--allow-run-as-root")
     for name in ("PATH", "LD_LIBRARY_PATH"):
         if os.environ.get(name):
             argv += ["-x", name]
-    argv += [python, "-c", PROBE_SOURCE, "--size-mib", str(MESSAGE_MIB)]
+    argv += [python, "-c", PROBE_SOURCE, "--size-mib", str(MESSAGE_MIB),
+             "--pair-wait-s", f"{pair_wait_s:g}"]
     if bandwidth:
         argv.append("--bandwidth")
     return argv
 
 
-def run_bounded(argv: list[str], timeout_s: float) -> MpirunRun:
-    """Runs mpirun in its own process group and kills the group if it outlives timeout_s."""
+def pair_wait_s(timeout_s: float, ranks: int, bandwidth: bool = False) -> float:
+    """How long the opener of a pair waits for its first message to get through: the pair
+    rounds get most of the timeout, and each round's slot is this wait plus fixed parts. At
+    least 1.5 s (a SYN lost once is sent again after 1 s), at most 5 s (twice: after 3 s)."""
+    rounds = max(1, len(round_robin(ranks)))
+    share = timeout_s * PAIR_SHARE / rounds - SKEW_S - slot_measure_s(bandwidth)
+    return round(min(5.0, max(1.5, share)), 1)
+
+
+def run_bounded(argv: list[str], timeout_s: float,
+                hopeless: Callable[[str], bool] | None = None) -> MpirunRun:
+    """Runs mpirun in its own process group and stops the group when it outlives timeout_s,
+    or when hopeless(stdout so far) has held for a few seconds (the probe knows it will hang)."""
     start = time.monotonic()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
     except OSError as exc:
         return MpirunRun(tuple(argv), 127, "", str(exc), 0.0)
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        out, err = stop_group(proc)
-        timed_out = True
-    return MpirunRun(tuple(argv), proc.returncode, out or "", err or "",
-                     time.monotonic() - start, timed_out, timeout_s)
+    out: list[str] = []
+    err: list[str] = []
+    readers = [threading.Thread(target=collect, args=(pipe, into), daemon=True)
+               for pipe, into in ((proc.stdout, out), (proc.stderr, err))]
+    for reader in readers:
+        reader.start()
+    stopped = watch(proc, start + timeout_s, lambda: hopeless is not None and hopeless(
+        "".join(out)))
+    for reader in readers:
+        reader.join(timeout=KILL_GRACE_S)
+    seconds = time.monotonic() - start
+    return MpirunRun(tuple(argv), proc.returncode, "".join(out), "".join(err), seconds,
+                     timed_out=stopped is not None,
+                     limit_s=timeout_s if stopped == "timeout" else 0.0,
+                     gave_up=stopped == "hopeless")
 
 
-def stop_group(proc: subprocess.Popen) -> tuple[str, str]:
+def collect(pipe, into: list[str]) -> None:
+    for line in pipe:
+        into.append(line)
+
+
+def watch(proc: subprocess.Popen, deadline: float, hopeless: Callable[[], bool]) -> str | None:
+    """Waits for mpirun; None when it ended, else why it was stopped."""
+    hopeless_since = None
+    while proc.poll() is None:
+        now = time.monotonic()
+        if now >= deadline:
+            stop_group(proc)
+            return "timeout"
+        if not hopeless():
+            hopeless_since = None
+        elif hopeless_since is None:
+            hopeless_since = now
+        elif now - hopeless_since > HOPELESS_GRACE_S:
+            stop_group(proc)
+            return "hopeless"
+        time.sleep(WATCH_S)
+    return None
+
+
+def stop_group(proc: subprocess.Popen) -> None:
     """TERM first (mpirun then takes its remote daemons down), KILL what is left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            break
+            return
         try:
-            return proc.communicate(timeout=KILL_GRACE_S)
+            proc.wait(timeout=KILL_GRACE_S)
+            return
         except subprocess.TimeoutExpired:
             continue
-    try:
-        return proc.communicate(timeout=KILL_GRACE_S)
-    except subprocess.TimeoutExpired:
-        return "", ""
+
+
+def will_hang(ranks: int) -> Callable[[str], bool]:
+    """True once every rank has left all its pairs and one was stuck: the collectives that
+    follow need every connection, so they can only hang."""
+    def check(stdout: str) -> bool:
+        output = parse_output(stdout)
+        left = Counter(rank for rank, _ in output.left)
+        return bool(output.stuck) and all(left[r] >= ranks - 1 for r in range(ranks))
+    return check
 
 
 def parse_event(line: str) -> dict | None:
@@ -191,10 +263,14 @@ def parse_event(line: str) -> dict | None:
 def parse_output(stdout: str) -> ProbeOutput:
     events = [e for e in (parse_event(line) for line in stdout.splitlines()) if e]
     kind = {name: [e for e in events if e["event"] == name]
-            for name in ("init", "start", "pair", "result")}
+            for name in ("init", "start", "done", "stuck", "pair", "result")}
     return ProbeOutput(
         started=frozenset(e.get("rank") for e in kind["init"]),
         attempts=frozenset((e.get("rank"), e.get("peer")) for e in kind["start"]),
+        left=frozenset((e.get("rank"), e.get("peer")) for e in kind["done"] + kind["stuck"]),
+        stuck=frozenset((e.get("rank"), e.get("peer")) for e in kind["stuck"]),
+        cut=frozenset((e.get("rank"), e.get("peer")) for e in kind["stuck"]
+                      if e.get("opening") and e.get("phase") == "meet"),
         pairs=tuple(e for e in kind["pair"] if {"a", "b", "latency_us"} <= e.keys()),
         result=next(iter(kind["result"]), None))
 
@@ -207,8 +283,15 @@ def launch_failure(hosts: list[MpiHost], layout: list[str], run: MpirunRun,
     if not run.timed_out:
         detail, remedy = explain_exit(run)
         return {h.name: [failed(ALLREDUCE, detail, remedy)] for h in hosts}
-    hung = f"mpirun hung for {run.limit_s or run.seconds:.0f}s"
+    hung = (f"MPI hung (mpirun stopped after {run.seconds:.0f}s)" if run.gave_up
+            else f"mpirun hung for {run.limit_s or run.seconds:.0f}s")
     absent = [h.name for h in hosts if h.name not in {layout[r] for r in output.started}]
+    if len(absent) == len(hosts):
+        return {h.name: [failed(ALLREDUCE, f"{hung} before any rank started: the MPI daemons "
+                                           "could not report back to mpirun on this machine",
+                                f"open TCP ports 1024-65535 on this machine for the hosts on "
+                                f"{interface} (mpirun listens there), and check that {cidr} "
+                                f"reaches this machine from every host")] for h in hosts}
     if absent:
         return {h.name: [not_started(h.name, absent, hung, cidr)] for h in hosts}
     blocked = blocked_pairs(output, len(layout))
@@ -227,13 +310,17 @@ def launch_failure(hosts: list[MpiHost], layout: list[str], run: MpirunRun,
 
 
 def blocked_pairs(output: ProbeOutput, n: int) -> list[tuple[int, int]]:
-    """(opener, other) for each pair both ranks turned to and that never finished: a pair one
-    rank never reached was only waiting behind another."""
+    """(opener, other) for the pairs whose connection never came up: where the opener's first
+    message never went. Failing those, each pair that a rank gave up on or that both turned to
+    and never finished; a pair one rank never reached was only waiting behind another."""
+    if output.cut:
+        return sorted(output.cut)
     done = {frozenset((p["a"], p["b"])) for p in output.pairs}
     return [(opener(a, b, n), b if opener(a, b, n) == a else a)
             for a, b in itertools.combinations(range(n), 2)
-            if (a, b) in output.attempts and (b, a) in output.attempts
-            and frozenset((a, b)) not in done]
+            if (a, b) in output.stuck or (b, a) in output.stuck
+            or ((a, b) in output.attempts and (b, a) in output.attempts
+                and frozenset((a, b)) not in done)]
 
 
 def not_started(name: str, absent: list[str], hung: str, cidr: str) -> CheckResult:
@@ -315,11 +402,13 @@ def map_results(hosts: list[MpiHost], layout: list[str], output: ProbeOutput, ru
     measured = measurements(output, layout)
     latency, rates = measured["latency_us"], measured["bandwidth_MBps"]
     allreduce = allreduce_result(output.result or {}, layout, run)
+    # Pairs given up on that still let the allreduce through connected late: slow or lossy.
+    late = blame(frozenset((layout[a], layout[b])) for a, b in output.stuck)
     slow_latency = slow_hosts(latency, above=True)
     slow_rate = slow_hosts(rates, above=False)
     results: dict[str, list[CheckResult]] = {}
     for host in hosts:
-        checks = [allreduce, latency_result(host.name, latency, slow_latency, interface)]
+        checks = [allreduce, latency_result(host.name, latency, slow_latency, late, interface)]
         if bandwidth:
             checks.append(bandwidth_result(host.name, rates, slow_rate, interface))
         results[host.name] = checks
@@ -383,15 +472,19 @@ def peers_text(row: Mapping[str, float], unit: str) -> str:
 
 
 def latency_result(name: str, latency: Mapping[str, Mapping[str, float]], slow: set[str],
-                   interface: str) -> CheckResult:
+                   late: set[str], interface: str) -> CheckResult:
     row = latency.get(name, {})
+    remedy = (f"check {name}'s link and load: ethtool {interface} (speed, errors), "
+              f"tc qdisc show dev {interface}, ping -c 100 {name} for loss")
+    if name in late:
+        return warned(LATENCY, f"an MPI pair with {name} took too long to connect and was not "
+                               f"timed (timed: {peers_text(row, 'us') or 'none'})", remedy)
     if not row:
         return skipped(LATENCY, "one rank: no pair to time")
     if name in slow:
         return warned(LATENCY, f"MPI latency from {name}: {peers_text(row, 'us')}, far above "
                                f"the {typical(latency, min):.0f} us between the other hosts",
-                      f"check {name}'s link and load: ethtool {interface} (speed, errors), "
-                      f"tc qdisc show dev {interface}, ping -c 100 {name} for loss")
+                      remedy)
     return passed(LATENCY, f"MPI latency (half round trip, 8 bytes) median "
                            f"{statistics.median(row.values()):.0f} us: {peers_text(row, 'us')}")
 
