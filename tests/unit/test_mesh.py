@@ -13,7 +13,7 @@ from preflight.checks.mesh import (
     MeshOutcome,
     Probe,
     blame,
-    parse_agent_line,
+    parse_event,
     parse_probes,
     run_mesh,
     tcp_results,
@@ -197,10 +197,10 @@ def test_a_host_not_measured_is_skipped_for_mtu():
 # --- the agents' JSON -----------------------------------------------------------------------------
 
 def test_agent_lines_that_are_not_events_are_ignored():
-    assert parse_agent_line("Welcome to Ubuntu\n") is None
-    assert parse_agent_line("{not json\n") is None
-    assert parse_agent_line('{"no": "event"}') is None
-    assert parse_agent_line('{"event": "ready", "tcp_port": 40001}\n') == {
+    assert parse_event("Welcome to Ubuntu\n") is None
+    assert parse_event("{not json\n") is None
+    assert parse_event('{"no": "event"}') is None
+    assert parse_event('{"event": "ready", "tcp_port": 40001}\n') == {
         "event": "ready", "tcp_port": 40001}
 
 
@@ -210,7 +210,7 @@ def test_an_agent_result_becomes_one_probe_per_peer():
          "path_mtu": 1500, "mtu_error": ""},
         {"peer": "h3", "port": 40002, "tcp": "refused", "rtt_ms": None, "mtu_ok": False,
          "path_mtu": 1400, "mtu_error": "no echo at MTU 1500"}]})
-    probes = parse_probes(parse_agent_line(line))
+    probes = parse_probes(parse_event(line))
     assert probes[0] == Probe("h1", "h2", "ok", 40001, 0.2, True, 1500, "")
     assert probes[1].tcp == "refused" and not probes[1].tcp_ok and probes[1].path_mtu == 1400
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from preflight.checks import parse_event
 from preflight.remote import Ssh, fan_out
 from preflight.result import CheckResult, failed, passed, skipped
 
@@ -107,7 +108,7 @@ class Agent:
 
     def _read_stdout(self) -> None:
         for line in self.proc.stdout:
-            event = parse_agent_line(line)
+            event = parse_event(line)
             if event is not None:
                 self.events.put(event)
         self.events.put({"event": "exit"})
@@ -208,17 +209,6 @@ def peers_command(name: str, hosts: list[MeshHost], ready: Mapping[str, dict | N
              for h in hosts if h.name != name and ready.get(h.name)]
     return {"peers": peers, "budget_s": round(budget_s, 2)}
 
-
-def parse_agent_line(line: str) -> dict | None:
-    """One JSON event from an agent's stdout; None for anything else (a login banner)."""
-    line = line.strip()
-    if not line.startswith("{"):
-        return None
-    try:
-        event = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) and "event" in event else None
 
 
 def parse_probes(result: dict) -> list[Probe]:

@@ -13,7 +13,6 @@ its pairs and one pair never connected). The pairs that never connected name the
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import shutil
 import signal
@@ -26,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from preflight.checks import parse_event
 from preflight.checks.mesh import blame
 from preflight.mpi_probe import SKEW_S, opener, round_robin, slot_measure_s
 from preflight.result import CheckResult, failed, passed, skipped, warned
@@ -247,17 +247,6 @@ def will_hang(ranks: int) -> Callable[[str], bool]:
         return bool(output.stuck) and all(left[r] >= ranks - 1 for r in range(ranks))
     return check
 
-
-def parse_event(line: str) -> dict | None:
-    """One JSON event line from the probe; None for mpirun's own chatter."""
-    line = line.strip()
-    if not line.startswith("{"):
-        return None
-    try:
-        event = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) and "event" in event else None
 
 
 def parse_output(stdout: str) -> ProbeOutput:
