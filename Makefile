@@ -1,6 +1,7 @@
 # Horovod/MPI training template with a network preflight. `make` alone lists the targets.
 # Variables given on the command line (make train EPOCHS=5) reach the scripts as environment.
 SHELL := /bin/bash
+MAKEFLAGS += --no-print-directory
 .DEFAULT_GOAL := help
 VENV ?= .venv
 PY := $(VENV)/bin/python
