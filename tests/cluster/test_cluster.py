@@ -5,10 +5,13 @@ All real: network namespaces, sshd, iptables. Needs root; see conftest.py.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -213,8 +216,14 @@ def test_without_root_it_says_how_to_run_it_and_exits_1():
     if not Path(runuser).exists() or subprocess.run(["id", "-u"], capture_output=True,
                                                     text=True).stdout.strip() != "0":
         pytest.skip("needs root and runuser to run cluster.sh as user nobody")
-    proc = subprocess.run([runuser, "-u", "nobody", "--", str(SCRIPT), "up", "3"],
-                          capture_output=True, text=True, timeout=30)
+    # A copy where nobody may read it: the checkout may sit under a private directory (pytest's
+    # tmp_path for a new project is 0700), and the message must come from the script, not runuser.
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chmod(scratch, 0o755)
+        script = Path(scratch) / "cluster.sh"
+        shutil.copy2(SCRIPT, script)
+        proc = subprocess.run([runuser, "-u", "nobody", "--", str(script), "up", "3"],
+                              capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert proc.stderr.strip() == ("cluster.sh: needs root (network namespaces); "
                                    "run: sudo scripts/cluster.sh up N")
