@@ -23,7 +23,7 @@ preflight: setup ## check every host, write hostfile and preflight.json (HOSTS=,
 	@$(PY) -m preflight $(if $(HOSTS),--hosts "$(HOSTS)") $(if $(INVENTORY),--inventory "$(INVENTORY)") \
 		--hostfile "$(or $(HOSTFILE),hostfile)" --report "$(REPORT)" $(PREFLIGHT_ARGS)
 
-train: setup ## preflight, then horovodrun template/train.py (HOSTFILE=, NP=, EPOCHS=, RESUME=, ...)
+train: setup ## preflight, then horovodrun template/train.py (HOSTFILE=, NP=, EPOCHS=, RESUME=, ELASTIC=1, ...)
 	@bash scripts/train.sh
 
 test: setup ## run the whole test suite (unit and simulated cluster; needs root for the cluster)

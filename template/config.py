@@ -25,6 +25,7 @@ class Config:
     out: str = "runs"
     val_fraction: float = 0.2
     resume: str = ""  # a run directory to continue from (its last checkpoint)
+    elastic: bool = False  # run under horovodrun's elastic mode: hosts may leave and join
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.warmup < 0:
@@ -38,8 +39,12 @@ def load(argv: list[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(description="Data-parallel Keras training under horovodrun.")
     parser.add_argument("--config", type=Path, default=DEFAULT_FILE, help="TOML file [train]")
     for f in fields(Config):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_ctor(f.name),
-                            default=None)
+        flag = f"--{f.name.replace('_', '-')}"
+        if _ctor(f.name) is bool:  # --elastic / --no-elastic: bool("False") would be True
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=None)
+        else:
+            parser.add_argument(flag, dest=f.name, type=_ctor(f.name), default=None)
     args = parser.parse_args(argv)
     with open(args.config, "rb") as fh:
         values = tomllib.load(fh).get("train", {})

@@ -1,9 +1,10 @@
 """Fixtures for tests that need a simulated multi-host cluster (scripts/cluster.sh).
 
-The session-scoped ``cluster`` fixture builds three hosts h1..h3 in network namespaces, each with its
-own sshd, hostname and /etc/hosts, plus some real-world noise: a Docker-like ``docker0`` bridge on
-every host, a second interface on h2, and Debian's ``127.0.1.1 h3`` line on h3. The cluster is
-torn down at the end of the session, also when tests fail or the run is interrupted.
+The session-scoped ``cluster`` fixture builds three hosts h1..h3 in network namespaces, each
+with its own sshd, hostname and /etc/hosts, plus some real-world noise: a Docker-like
+``docker0`` bridge on every host, a second interface on h2, and Debian's ``127.0.1.1 h3`` line
+on h3. The cluster is torn down at the end of the session, also when tests fail or the run is
+interrupted.
 
 Needs root (network namespaces); without it every test using the fixture is skipped.
 """
@@ -91,7 +92,8 @@ class Cluster:
         args = ["fault", host, kind, state] + ([] if value is None else [str(value)])
         proc = self.run(*args)
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
+            raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout,
+                                                proc.stderr)
         return proc
 
     def ssh(self, src: str, dst: str, *command: str, **kwargs) -> subprocess.CompletedProcess:

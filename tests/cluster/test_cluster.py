@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -270,7 +270,8 @@ def test_fault_sshd_refuses_ssh_then_accepts_it_again(cluster):
 
 def test_fault_firewall_blocks_high_ports_but_not_ssh(cluster):
     h2 = cluster.addresses["h2"]
-    listener = subprocess.Popen([str(cluster.script), "exec", "h2", PY, "-c", LISTEN, str(HIGH_PORT)],
+    listener = subprocess.Popen([str(cluster.script), "exec", "h2", PY, "-c", LISTEN,
+                                 str(HIGH_PORT)],
                                 env=cluster.env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
     try:

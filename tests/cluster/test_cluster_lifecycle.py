@@ -92,7 +92,8 @@ def snapshot(env) -> dict:
 
 def assert_same(before: dict, after: dict) -> None:
     for key in before:
-        assert after[key] == before[key], f"{key} changed: before {before[key]!r} after {after[key]!r}"
+        assert after[key] == before[key], (f"{key} changed: before {before[key]!r} "
+                                           f"after {after[key]!r}")
 
 
 def test_up_8_then_down_leaves_the_machine_as_before(lc_env):

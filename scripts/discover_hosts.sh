@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Host discovery for horovodrun's elastic mode (make train ELASTIC=1): preflight the job's
+# inventory and print each healthy host as a 'host:slots' line, the format
+# --host-discovery-script expects. horovodrun runs this on the launcher about once a second; a
+# host missing from the output is dropped from the job, a host that reappears joins it.
+#
+# Environment (scripts/train.sh sets them): DISCOVER_HOSTS ('h1:2,h2:2') or DISCOVER_INVENTORY
+# (a hostfile) name the inventory, neither: this machine; DISCOVER_TIMEOUT (seconds per step
+# and host, default 5) bounds how long a dead host holds up one round; DISCOVER_STATE (a file
+# for the last list, so that a change is reported once); VENV as in make.
+#
+# Stdout carries the host lines and nothing else (the preflight's words go to stderr). Exit 0
+# also when some or all hosts are out: horovodrun takes a failing script for a broken job. Exit
+# 2 only for bad input, which horovodrun reports at once when it is the first round.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PY=${VENV:-$ROOT/.venv}/bin/python
+[[ $PY == /* ]] || PY=$ROOT/$PY  # VENV=.venv from make is relative to the repository
+
+inventory=()
+if [ -n "${DISCOVER_INVENTORY:-}" ]; then
+  inventory=(--inventory "$DISCOVER_INVENTORY")
+elif [ -n "${DISCOVER_HOSTS:-}" ]; then
+  inventory=(--hosts "$DISCOVER_HOSTS")
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/discover-XXXXXX") || exit 2
+trap 'rm -rf "$work"' EXIT
+
+# No MPI test: it is the slowest step, and Gloo, not MPI, carries an elastic job. The summary is
+# kept back: horovodrun passes stderr through, and a line a second would bury the training's.
+rc=0
+"$PY" -m preflight "${inventory[@]}" --no-mpi --quiet --timeout "${DISCOVER_TIMEOUT:-5}" \
+  --hostfile "$work/hostfile" --report "$work/report.json" >"$work/log" 2>&1 || rc=$?
+if [ "$rc" -gt 1 ]; then  # 0 all healthy, 1 some out (no hostfile if none is healthy)
+  cat "$work/log" >&2
+  exit "$rc"
+fi
+
+# 'host slots=N' -> 'host:N'
+: >"$work/hosts"
+[ ! -f "$work/hostfile" ] || awk '{sub(/#.*/, "")} NF {
+  slots = 1
+  for (i = 2; i <= NF; i++) if ($i ~ /^slots=[0-9]+$/) slots = substr($i, 7)
+  print $1 ":" slots
+}' "$work/hostfile" >"$work/hosts"
+cat "$work/hosts"
+
+# When the list changes (DISCOVER_STATE keeps the last one), say on stderr which hosts are out
+# and the first check each failed: the job's output then shows why a host dropped.
+if [ -n "${DISCOVER_STATE:-}" ] && ! cmp -s "$work/hosts" "$DISCOVER_STATE"; then
+  "$PY" - "$work/report.json" >&2 <<'EOF' || true
+import json, sys
+for host in json.load(open(sys.argv[1])).get("hosts", []):
+    failed = [c for c in host.get("checks", []) if c.get("status") == "fail"]
+    if not host.get("ok") and failed:
+        print(f"discover_hosts: {host['host']} is out: {failed[0]['id']}: {failed[0]['detail']}")
+EOF
+  cp "$work/hosts" "$DISCOVER_STATE"
+fi
+exit 0
