@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import sys
@@ -37,12 +38,13 @@ import time
 from array import array
 
 ARRAY_LEN = 4096
-PINGS = 50
-WARMUP = 5
+PINGS = 20
+WARMUP = 3
 BURSTS = 3
 BURST_MESSAGES = 2
 TAG = 7
 NAP_S = 0.0005
+SPIN_S = 0.002  # a ping-pong's wait spins this long, then naps: see finish()
 SKEW_S = 0.5  # how far apart ranks may start (MPI_Init ends together); the waiting side waits
 LATENCY_SLOT_S = 0.5  # what a round's slot keeps for timing the pair, beyond the meeting
 BANDWIDTH_SLOT_S = 4.0
@@ -89,51 +91,61 @@ class Stuck(Exception):
     """A pair operation did not finish in time: the pair is given up and the rank moves on."""
 
 
-def finish(request, deadline: float, nap_s: float = 0.0) -> None:
-    """Waits for a request until the deadline, napping between tests if asked (MPI's blocking
-    calls spin on a core, which takes CPU from the pair being timed where cores are few)."""
+def finish(request, deadline: float, spin_s: float | None = None) -> None:
+    """Waits for a request until the deadline: spinning on Test() for spin_s, then napping
+    between tests (None: spinning throughout, as large transfers need: Open MPI's TCP transport
+    moves data only inside MPI calls). MPI's blocking calls spin on a core; where many ranks
+    share few cores (the simulated cluster) a spinning rank takes the CPU from the pair being
+    timed and turns microseconds into milliseconds, so waits that may be long nap."""
+    started = time.monotonic()
     while not request.Test():
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             LEFT_BEHIND.append(request)  # its buffer must outlive it: MPI may still write there
             raise Stuck
-        if nap_s:
-            time.sleep(nap_s)
+        if spin_s is not None and now - started >= spin_s:
+            time.sleep(NAP_S)
+        else:
+            os.sched_yield()
 
 
 def meet(comm, peer: int, opening: bool, deadline: float) -> None:
     """The pair's first message, from the opener: it opens the connection, and both wait."""
     hello = bytearray(1)
     if opening:
-        finish(comm.Isend(hello, dest=peer, tag=TAG), deadline, NAP_S)
+        finish(comm.Isend(hello, dest=peer, tag=TAG), deadline, spin_s=0.0)
         return
     request = comm.Irecv(hello, source=peer, tag=TAG)
     try:
-        finish(request, deadline, NAP_S)
+        finish(request, deadline, spin_s=0.0)
     except Stuck:
         request.Cancel()  # a hello that comes late must not land in a later receive
         raise
 
 
-def exchange(comm, peer: int, buf, send_first: bool, deadline: float) -> None:
+def exchange(comm, peer: int, buf, send_first: bool, deadline: float,
+             spin_s: float | None = None) -> None:
     """One message each way, in order; both bounded by the deadline."""
     if send_first:
-        finish(comm.Isend(buf, dest=peer, tag=TAG), deadline)
-        finish(comm.Irecv(buf, source=peer, tag=TAG), deadline)
+        finish(comm.Isend(buf, dest=peer, tag=TAG), deadline, spin_s)
+        finish(comm.Irecv(buf, source=peer, tag=TAG), deadline, spin_s)
     else:
-        finish(comm.Irecv(buf, source=peer, tag=TAG), deadline)
-        finish(comm.Isend(buf, dest=peer, tag=TAG), deadline)
+        finish(comm.Irecv(buf, source=peer, tag=TAG), deadline, spin_s)
+        finish(comm.Isend(buf, dest=peer, tag=TAG), deadline, spin_s)
 
 
 def ping_pong_us(comm, peer: int, lead: bool, deadline: float) -> float:
-    """Half the median round trip of 8-byte messages, in microseconds."""
+    """Half the first-quartile round trip of 8-byte messages, in microseconds. A slow link
+    slows every round trip; a rank that waited for a core (other ranks or jobs on the host)
+    slows some, so the quicker ones measure the link and the median would measure the load."""
     buf = bytearray(8)
     times = []
     for i in range(WARMUP + PINGS):
         start = time.perf_counter()
-        exchange(comm, peer, buf, lead, deadline)
+        exchange(comm, peer, buf, lead, deadline, SPIN_S)
         if i >= WARMUP:
             times.append(time.perf_counter() - start)
-    return statistics.median(times) / 2 * 1e6
+    return statistics.quantiles(times, n=4)[0] / 2 * 1e6
 
 
 def stream_mbps(comm, peer: int, sending: bool, payload: bytearray, deadline: float
@@ -264,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     emit({"event": "init", "rank": rank, "host": socket.gethostname()})
     measure_pairs(comm, args.size_mib, args.bandwidth, args.pair_wait_s)
+    # Ranks done with their pairs wait here napping, not spinning in allgather's MPI wait, so
+    # that on shared cores they leave the CPU to the pairs still being timed. No deadline:
+    # mpirun runs under checks/mpi.py's timeout.
+    finish(comm.Ibarrier(), float("inf"), spin_s=0.0)
     hosts = comm.allgather(socket.gethostname())
     allreduce = check_allreduce(comm, MPI)
     if rank == 0:

@@ -183,7 +183,7 @@ def active_tests(ssh: Ssh, choice: InterfaceChoice, slots: Mapping[str, int], op
             skipped("mesh.tcp", "not run: failed earlier checks"),
             skipped("mtu.path", "not run: failed earlier checks")]
     ready = [n for n in healthy(names, results) if n in choice.names]
-    mpi_results, matrices = run_mpi_step(choice, ready, slots, options, say)
+    mpi_results, matrices = run_mpi_step(choice, ready, slots, options, say, ssh.reuse_args())
     for name in names:
         results[name] += mpi_results.get(name) or [
             skipped("mpi.allreduce", "not run: failed earlier checks")]
@@ -207,7 +207,8 @@ def run_mesh_step(ssh: Ssh, choice: InterfaceChoice, ready: list[str], options: 
 
 
 def run_mpi_step(choice: InterfaceChoice, ready: list[str], slots: Mapping[str, int],
-                 options: Options, say: Say) -> tuple[dict[str, list[CheckResult]], dict]:
+                 options: Options, say: Say, ssh_args: list[str]
+                 ) -> tuple[dict[str, list[CheckResult]], dict]:
     if not options.mpi:
         return {n: [skipped("mpi.allreduce", "skipped: --no-mpi")] for n in ready}, {}
     if not ready:
@@ -217,7 +218,8 @@ def run_mpi_step(choice: InterfaceChoice, ready: list[str], slots: Mapping[str, 
     try:
         found, matrices = mpi.run_mpi(hosts, choice.interface or "", choice.cidr or "",
                                       options.python, bandwidth=options.bandwidth,
-                                      timeout_s=max(30.0, 3 * options.timeout_s))
+                                      timeout_s=max(30.0, 3 * options.timeout_s),
+                                      ssh_args=ssh_args)
     except Exception as exc:
         return crashed(ready, "mpi.allreduce", exc), {}
     return {n: list(found.get(n) or [skipped("mpi.allreduce", "no result")])

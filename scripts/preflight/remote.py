@@ -69,6 +69,11 @@ class Ssh:
             "--", host, shlex.join(remote_argv),
         ]
 
+    def reuse_args(self) -> list[str]:
+        """ssh options for another program's ssh (mpirun's) to ride on these connections where
+        they are open, and connect as usual where not: no second handshake per host."""
+        return ["-o", "ControlMaster=no", "-o", f"ControlPath={self._control_dir}/%C"]
+
     def run(self, host: str, remote_argv: Sequence[str], *, stdin: str | None = None,
             timeout_s: float = 30) -> RemoteResult:
         """Runs argv on host (directly if the host is this machine); never raises on failure."""

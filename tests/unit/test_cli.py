@@ -141,7 +141,7 @@ def replay(monkeypatch, edit=None, mesh_fails: tuple[str, ...] = ()) -> dict:
                          if h.name in mesh_fails else passed("mesh.tcp", "ok"),
                          passed("mtu.path", "1500")] for h in hosts}
 
-    def run_mpi(hosts, interface, cidr, python, bandwidth=False, timeout_s=60):
+    def run_mpi(hosts, interface, cidr, python, bandwidth=False, timeout_s=60, ssh_args=()):
         calls["mpi"] = (hosts, interface, cidr)
         return {h.name: [passed("mpi.allreduce", "ok")] for h in hosts}, {"latency_us": []}
 

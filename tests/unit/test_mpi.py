@@ -117,8 +117,18 @@ def test_mpirun_places_one_rank_per_host_on_the_chosen_network_over_tcp():
     assert "--bind-to none" in joined
     assert "--mca btl_tcp_port_min_v4 1025" in joined
     assert "--allow-run-as-root" not in argv
+    assert "plm_rsh_no_tree_spawn" not in argv
     assert argv[argv.index("/venv/bin/python") + 1] == "-c"
     assert "--bandwidth" not in argv
+
+
+def test_mpirun_rides_on_the_preflights_ssh_connections_when_given_them():
+    argv = mpirun_argv(HOSTS, LAYOUT, CIDR, "/venv/bin/python", bandwidth=False, uid=1000,
+                       ssh_args=["-o", "ControlMaster=no", "-o", "ControlPath=/tmp/pf/%C"])
+    rsh = argv[argv.index("plm_rsh_args") + 1]
+    assert rsh == ("-o BatchMode=yes -o ConnectTimeout=5 -o ControlMaster=no "
+                   "-o ControlPath=/tmp/pf/%C")
+    assert argv[argv.index("plm_rsh_no_tree_spawn") + 1] == "1"
 
 
 def test_mpirun_as_root_says_so_and_bandwidth_is_asked_for():
