@@ -1,0 +1,233 @@
+"""What every benchmark shares: the simulated cluster's lifecycle, timing a command, medians,
+and writing a result as JSON (the figures) and PNG (the picture) under bench/results/.
+
+Kept light on imports (rich and matplotlib load inside the functions that draw), because the
+worker halves of the benchmarks import this module too, on every simulated host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = Path(os.environ.get("VENV") or ROOT / ".venv").resolve()  # make exports VENV
+PYTHON = str(VENV / "bin" / "python")
+HOROVODRUN = str(VENV / "bin" / "horovodrun")
+CLUSTER_SH = str(ROOT / "scripts" / "cluster.sh")
+RESULTS = ROOT / "bench" / "results"
+# Our own namespaces and state directory, so the test suite's 'hvsim' cluster (or another
+# helper's) is never touched, and ours never collides with theirs.
+PREFIX = os.environ.get("BENCH_PREFIX", "hvbench")
+CIDR = "10.231.0.0/24"  # scripts/cluster.sh puts host hN at 10.231.0.(10+N) on eth0
+IFACE = "eth0"
+# The transport the preflight's MPI check and the job use: TCP on the cluster network only, for
+# MPI's data (btl) and for mpirun's own wiring (oob).
+MPI_TRANSPORT = ["--mca", "pml", "ob1", "--mca", "btl", "self,tcp",
+                 "--mca", "btl_tcp_if_include", CIDR, "--mca", "oob_tcp_if_include", CIDR]
+KILL_GRACE_S = 3.0
+Say = Callable[[str], None]  # a progress line for the person waiting
+
+
+# --- running and timing commands -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Timed:
+    """One command's wall time and output."""
+
+    argv: tuple[str, ...]
+    seconds: float
+    returncode: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def why(self) -> str:
+        """A short account of a failure, for the error a benchmark raises."""
+        tail = (self.stderr.strip() or self.stdout.strip()).splitlines()[-6:]
+        state = "timed out" if self.timed_out else f"exit {self.returncode}"
+        return f"{' '.join(self.argv[:8])} ... {state}:\n  " + "\n  ".join(tail)
+
+
+def job_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This environment plus what mpirun and TensorFlow need here: Open MPI refuses root unless
+    told (the cluster runs as root), and TensorFlow's start-up notes would drown the output."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env.update(extra or {})
+    return env
+
+
+def timed(argv: Sequence[str], timeout_s: float, env: Mapping[str, str] | None = None,
+          cwd: Path = ROOT) -> Timed:
+    """Runs argv in its own process group and times it; on timeout the whole group goes (mpirun
+    and horovodrun leave children behind otherwise)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(env or job_env()),
+                            cwd=cwd, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        stop_group(proc)
+        out, err = proc.communicate()
+        timed_out = True
+    return Timed(tuple(argv), time.perf_counter() - start, proc.returncode, out, err, timed_out)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """TERM the process group (mpirun then stops its remote daemons), then KILL what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=KILL_GRACE_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return statistics.median(kept) if kept else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def last_json_line(text: str) -> dict:
+    """The last line of a worker's output that is a JSON object (mpirun may tag or add lines)."""
+    for line in reversed(text.splitlines()):
+        start = line.find("{")
+        if start < 0:
+            continue
+        try:
+            value = json.loads(line[start:])
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    raise ValueError("no JSON object in the output")
+
+
+# --- the simulated cluster -----------------------------------------------------------------------
+
+@dataclass
+class Cluster:
+    """scripts/cluster.sh under our own prefix: `with Cluster(16) as c:` builds hosts h1..h16
+    and removes every namespace, sshd and ssh config block again on the way out, whatever
+    happened inside."""
+
+    size: int
+    prefix: str = PREFIX
+    log: list[str] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        env = job_env({"HVSIM_PREFIX": self.prefix})
+        env.pop("HVSIM_DIR", None)  # cluster.sh's default: a state directory per prefix
+        return env
+
+    def hosts(self, n: int) -> list[str]:
+        if n > self.size:
+            raise ValueError(f"{n} hosts asked for, the cluster has {self.size}")
+        return [f"h{i}" for i in range(1, n + 1)]
+
+    def exec_argv(self, host: str, argv: Sequence[str]) -> list[str]:
+        """argv run on a simulated host: its namespace, hostname and /etc/hosts."""
+        return [CLUSTER_SH, "exec", host, *argv]
+
+    def run(self, host: str, argv: Sequence[str], timeout_s: float,
+            extra_env: Mapping[str, str] | None = None) -> Timed:
+        return timed(self.exec_argv(host, argv), timeout_s, {**self.env(), **(extra_env or {})})
+
+    def __enter__(self) -> Cluster:
+        result = timed([CLUSTER_SH, "up", str(self.size)], 300, self.env())
+        if not result.ok:
+            self.down()
+            raise RuntimeError(f"cluster.sh up {self.size} failed: {result.why()}")
+        self.log.append(f"up {self.size} hosts in {result.seconds:.1f} s")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def down(self) -> None:
+        result = timed([CLUSTER_SH, "down"], 300, self.env())
+        if not result.ok:
+            print(f"bench: cluster.sh down failed; run HVSIM_PREFIX={self.prefix} "
+                  f"scripts/cluster.sh down\n{result.why()}", file=sys.stderr)
+
+
+def host_list(hosts: Sequence[str], slots: int = 1) -> str:
+    """'h1:1,h2:1': horovodrun's and mpirun's -H."""
+    return ",".join(f"{h}:{slots}" for h in hosts)
+
+
+# --- results -------------------------------------------------------------------------------------
+
+def machine() -> dict:
+    """Where a figure was taken: it only means something beside the machine and its load."""
+    return {"cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "platform": platform.platform(), "load_average": [round(x, 2) for x in
+                                                              os.getloadavg()]}
+
+
+def write_json(name: str, payload: Mapping) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    stamped = {"benchmark": name, "taken": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "machine": machine(), **payload}
+    path.write_text(json.dumps(stamped, indent=2) + "\n")
+    return path
+
+
+def new_figure(title: str):
+    """A matplotlib figure on the Agg backend (no display needed); import deferred on purpose."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def save_figure(name: str, fig) -> Path:
+    import matplotlib.pyplot as plt
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def verdict(met: bool | None) -> str:
+    return "n/a" if met is None else ("[green]met[/]" if met else "[red]missed[/]")

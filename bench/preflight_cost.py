@@ -1,0 +1,228 @@
+"""What the preflight costs: its wall time against the number of hosts, beside the interface
+discovery horovodrun does by itself on the same hosts.
+
+horovodrun, given several hosts and no --network-interfaces, starts a task service on every
+host over ssh and has each probe the next one's interfaces before it launches anything. Its cost
+is the difference between a launch of a trivial command (`true`) with and without
+--network-interfaces. Both launches run with --disable-cache: horovodrun otherwise keeps the
+result of its checks for an hour in ~/.horovod, and every simulated cluster names its hosts
+h1..hN, so a cached result from another cluster would make discovery look free.
+
+The preflight runs from h1, as `make preflight` would there, once with its default checks (the
+MPI allreduce included) and once with --no-mpi. Its progress lines on stderr are time-stamped as
+they arrive, which splits its time into stages: start-up, probing the hosts, mesh and MTU tests,
+and the MPI test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from common import (
+    HOROVODRUN,
+    IFACE,
+    PREFIX,
+    PYTHON,
+    Cluster,
+    Say,
+    fmt,
+    host_list,
+    median,
+    new_figure,
+    ratio,
+    save_figure,
+    stop_group,
+    verdict,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+NAME = "preflight_cost"
+TIMEOUT_S = 180
+# The preflight's progress lines that open each stage (scripts/preflight/pipeline.py).
+STAGE_MARKS = (("probe", "preflight: probing"), ("mesh_mtu", "preflight: facts from"),
+               ("mpi", "preflight: MPI allreduce"))
+
+
+@dataclass(frozen=True)
+class PreflightRun:
+    seconds: float
+    returncode: int
+    stages: dict[str, float]  # stage -> seconds spent in it
+    tail: str
+
+
+def preflight_argv(hosts: Sequence[str], mpi: bool) -> list[str]:
+    argv = [PYTHON, "-m", "preflight", "--hosts", ",".join(hosts),
+            "--hostfile", f"/tmp/{PREFIX}-{NAME}.hostfile",
+            "--report", f"/tmp/{PREFIX}-{NAME}.json"]
+    return argv if mpi else [*argv, "--no-mpi"]
+
+
+def run_preflight(cluster: Cluster, hosts: Sequence[str], mpi: bool) -> PreflightRun:
+    """One preflight from h1, its stderr lines stamped as they come."""
+    argv = cluster.exec_argv("h1", preflight_argv(hosts, mpi))
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=cluster.env(),
+                            start_new_session=True)
+    lines: list[tuple[float, str]] = []
+    reader = threading.Thread(target=lambda: lines.extend(
+        (time.perf_counter() - start, line) for line in proc.stderr), daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        stop_group(proc)
+    seconds = time.perf_counter() - start
+    reader.join(timeout=5)
+    # The preflight exits 0 when all hosts are healthy, 1 when some are out: both are answers.
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"preflight on {len(hosts)} hosts failed (exit {proc.returncode}):\n"
+                           + "".join(line for _, line in lines[-8:]))
+    return PreflightRun(seconds, proc.returncode, stages(lines, seconds),
+                        "".join(line for _, line in lines[-3:]))
+
+
+def stages(lines: list[tuple[float, str]], total: float) -> dict[str, float]:
+    """Seconds per stage, from when each stage's first line came; 'startup' is the time before
+    the first (Python and the preflight's imports); the last stage runs to the exit."""
+    marks = [("startup", 0.0)]
+    for stage, prefix in STAGE_MARKS:
+        at = next((t for t, line in lines if line.startswith(prefix)), None)
+        if at is not None:
+            marks.append((stage, at))
+    ends = [at for _, at in marks[1:]] + [total]
+    return {stage: round(end - at, 2) for (stage, at), end in zip(marks, ends)}
+
+
+def horovodrun_argv(hosts: Sequence[str], nics: bool) -> list[str]:
+    """A trivial job: all the time is horovodrun's start-up, ssh check, (discovery,) launch."""
+    argv = [HOROVODRUN, "--disable-cache", "-np", str(len(hosts)), "-H", host_list(hosts)]
+    if nics:
+        # One host is local: horovodrun then wants an interface holding 127.0.0.1, and the
+        # preflight picks lo there too.
+        argv += ["--network-interfaces", IFACE if len(hosts) > 1 else "lo"]
+    # mpirun's own wiring on the cluster network too; horovodrun sets btl_tcp_if_include itself.
+    return [*argv, "--mpi-args=--mca oob_tcp_if_include 10.231.0.0/24", "true"]
+
+
+def run_horovodrun(cluster: Cluster, hosts: Sequence[str], nics: bool) -> float:
+    result = cluster.run("h1", horovodrun_argv(hosts, nics), TIMEOUT_S)
+    if not result.ok:
+        raise RuntimeError(f"horovodrun on {len(hosts)} hosts failed: {result.why()}")
+    return result.seconds
+
+
+def measure_hosts(cluster: Cluster, n: int, repeat: int, say: Say) -> dict:
+    hosts = cluster.hosts(n)
+    runs: dict[str, list] = {"preflight": [], "preflight_no_mpi": [], "horovodrun": [],
+                             "horovodrun_nics": []}
+    for i in range(repeat):
+        say(f"preflight cost: {n} host(s), repeat {i + 1}/{repeat}")
+        # Alternate the order so a drift in the machine's load does not favour one side.
+        order = ["preflight", "preflight_no_mpi", "horovodrun", "horovodrun_nics"]
+        for kind in order if i % 2 == 0 else order[::-1]:
+            if kind.startswith("preflight"):
+                runs[kind].append(run_preflight(cluster, hosts, kind == "preflight"))
+            else:
+                runs[kind].append(run_horovodrun(cluster, hosts, kind == "horovodrun_nics"))
+    return summarise(n, runs)
+
+
+def summarise(n: int, runs: dict[str, list]) -> dict:
+    pre = median(r.seconds for r in runs["preflight"])
+    pre_no_mpi = median(r.seconds for r in runs["preflight_no_mpi"])
+    hvd = median(runs["horovodrun"])
+    hvd_nics = median(runs["horovodrun_nics"])
+    # Each repeat ran both launches back to back: the median of the paired differences is
+    # steadier than the difference of the medians.
+    discovery = median(a - b for a, b in zip(runs["horovodrun"], runs["horovodrun_nics"]))
+    stage_names = runs["preflight"][0].stages.keys()
+    return {
+        "hosts": n,
+        "preflight_s": pre, "preflight_no_mpi_s": pre_no_mpi,
+        "preflight_stages_s": {s: median(r.stages.get(s) for r in runs["preflight"])
+                               for s in stage_names},
+        "preflight_exit": [r.returncode for r in runs["preflight"]],
+        "horovodrun_s": hvd, "horovodrun_nics_s": hvd_nics, "discovery_s": discovery,
+        # One host is local to horovodrun, which then discovers nothing: no ratio to take.
+        "ratio": ratio(pre, discovery) if n > 1 else None,
+        "ratio_no_mpi": ratio(pre_no_mpi, discovery) if n > 1 else None,
+        "runs": {"preflight_s": [round(r.seconds, 3) for r in runs["preflight"]],
+                 "preflight_no_mpi_s": [round(r.seconds, 3) for r in runs["preflight_no_mpi"]],
+                 "horovodrun_s": [round(s, 3) for s in runs["horovodrun"]],
+                 "horovodrun_nics_s": [round(s, 3) for s in runs["horovodrun_nics"]]},
+    }
+
+
+def measure(cluster: Cluster, host_counts: Sequence[int], repeat: int, say: Say) -> dict:
+    rows = [measure_hosts(cluster, n, repeat, say) for n in host_counts]
+    largest = rows[-1]
+    target = None
+    if largest["hosts"] > 1 and largest["discovery_s"] is not None:
+        target = largest["preflight_s"] < largest["discovery_s"]
+    return {"repeat": repeat, "rows": rows,
+            "target": {"what": f"preflight (default checks) over {largest['hosts']} hosts "
+                               "faster than horovodrun's interface discovery over the same",
+                       "met": target,
+                       "met_no_mpi": (largest["preflight_no_mpi_s"] < largest["discovery_s"]
+                                      if target is not None else None)}}
+
+
+def report(result: dict, console: Console) -> list:
+    from rich.table import Table
+
+    table = Table(title="Preflight against horovodrun's own interface discovery (median "
+                        f"seconds of {result['repeat']} run(s))")
+    for column in ("hosts", "preflight", "probe", "mesh+mtu", "mpi", "--no-mpi", "horovodrun",
+                   "+nics", "discovery", "pf÷disc", "no-mpi÷disc"):
+        table.add_column(column, justify="right")
+    for row in result["rows"]:
+        st = row["preflight_stages_s"]
+        table.add_row(str(row["hosts"]), fmt(row["preflight_s"]),
+                      *(fmt(st.get(s)) for s in ("probe", "mesh_mtu", "mpi")),
+                      fmt(row["preflight_no_mpi_s"]), fmt(row["horovodrun_s"]),
+                      fmt(row["horovodrun_nics_s"]), fmt(row["discovery_s"]),
+                      fmt(row["ratio"], ".1f", "x"), fmt(row["ratio_no_mpi"], ".1f", "x"))
+    table.caption = ("probe, mesh+mtu, mpi: the preflight's stages; +nics: horovodrun with "
+                     "--network-interfaces; discovery: horovodrun minus +nics (one host is "
+                     "local to horovodrun, which then discovers nothing)")
+    console.print(table)
+    t = result["target"]
+    console.print(f"target: {t['what']}: {verdict(t['met'])} "
+                  f"(with --no-mpi: {verdict(t['met_no_mpi'])})")
+    return [table]
+
+
+def plot(result: dict):
+    fig, ax = new_figure("Preflight wall time vs horovodrun's own interface discovery")
+    rows = result["rows"]
+    hosts = [r["hosts"] for r in rows]
+    for key, label, style in (("preflight_s", "preflight (default, with MPI)", "o-"),
+                              ("preflight_no_mpi_s", "preflight --no-mpi", "s-"),
+                              ("discovery_s", "horovodrun discovery (with - without "
+                                              "--network-interfaces)", "^-"),
+                              ("horovodrun_s", "horovodrun total, trivial job", "v--")):
+        ax.plot(hosts, [r[key] for r in rows], style, label=label)
+    ax.set_xlabel("hosts")
+    ax.set_ylabel("seconds (median)")
+    ax.set_xticks(hosts)
+    ax.legend(fontsize=8)
+    return save_figure(NAME, fig)
+
+
+def run(cluster: Cluster, host_counts: Sequence[int], repeat: int, console: Console,
+        say: Say) -> dict:
+    result = measure(cluster, host_counts, repeat, say)
+    report(result, console)
+    paths = [write_json(NAME, result), plot(result)]
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+    return result
