@@ -175,7 +175,10 @@ def worker(lib: str, sizes: Sequence[int], budget: int) -> int:
                      "mean_seconds": sum(times) / len(times),
                      "busbw_MBps": bus_bandwidth(nbytes, seconds, ops.size) / 1e6})
     if ops.rank == 0:
-        print(json.dumps({"lib": lib, "ranks": ops.size, "rows": rows}), flush=True)
+        # One write with its newline: print() writes the newline apart, and mpirun's output
+        # tagging may then put the next tag on this line.
+        sys.stdout.write(json.dumps({"lib": lib, "ranks": ops.size, "rows": rows}) + "\n")
+        sys.stdout.flush()
     return 0
 
 
@@ -299,7 +302,7 @@ def measure(cluster: Cluster, ranks: int, repeat: int, quick: bool, say: Say) ->
     for i in range(repeat):
         say(f"allreduce: {ranks} hosts, repeat {i + 1}/{repeat}")
         # In the other order every other repeat: a change of load lands on every series alike.
-        for name in SERIES if i % 2 == 0 else SERIES[::-1]:
+        for name in list(SERIES) if i % 2 == 0 else list(SERIES)[::-1]:
             lib, env, _ = SERIES[name]
             argv = (horovod_argv if lib == "horovod" else mpi_argv)(hosts, SIZES, budget)
             runs[name].append(run_worker(cluster, argv, env))

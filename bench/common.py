@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -19,6 +18,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+# TERM, then KILL, a process group: the preflight's MPI check stops mpirun the same way.
+from preflight.checks.mpi import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("VENV") or ROOT / ".venv").resolve()  # make exports VENV
@@ -35,7 +37,6 @@ IFACE = "eth0"
 # MPI's data (btl) and for mpirun's own wiring (oob).
 MPI_TRANSPORT = ["--mca", "pml", "ob1", "--mca", "btl", "self,tcp",
                  "--mca", "btl_tcp_if_include", CIDR, "--mca", "oob_tcp_if_include", CIDR]
-KILL_GRACE_S = 3.0
 Say = Callable[[str], None]  # a progress line for the person waiting
 
 
@@ -92,20 +93,6 @@ def timed(argv: Sequence[str], timeout_s: float, env: Mapping[str, str] | None =
     return Timed(tuple(argv), time.perf_counter() - start, proc.returncode, out, err, timed_out)
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """TERM the process group (mpirun then stops its remote daemons), then KILL what is left."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=KILL_GRACE_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def median(values: Iterable[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return statistics.median(kept) if kept else None
@@ -116,13 +103,14 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def last_json_line(text: str) -> dict:
-    """The last line of a worker's output that is a JSON object (mpirun may tag or add lines)."""
+    """The last line of a worker's output that holds a JSON object. mpirun may tag lines, and
+    put its tag for the next line after the object: what follows the object is ignored."""
     for line in reversed(text.splitlines()):
         start = line.find("{")
         if start < 0:
             continue
         try:
-            value = json.loads(line[start:])
+            value, _ = json.JSONDecoder().raw_decode(line[start:])
         except json.JSONDecodeError:
             continue
         if isinstance(value, dict):

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make new-project DEST=../my-project`: a new project from this one, with its own README,
 # Makefile, scripts, template and tests, in which `make train` and `make test` work as here.
-# It takes the files git tracks, less what only this repository needs (benchmarks, the test of
-# this very command), and starts a git repository of its own.
+# It takes the files git tracks, less what only this repository needs (benchmarks and their
+# test, the test of this very command), and starts a git repository of its own.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,7 +15,7 @@ NAME=$(basename "$(realpath -m "$DEST")")
 [[ $NAME =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "'$NAME' is not a usable project name: use letters, digits, '.', '_' and '-'"
 
 # What a new project does not need: this repository's benchmarks and history.
-EXCLUDE='^(bench/|tests/test_new_project\.py$)'
+EXCLUDE='^(bench/|tests/test_(new_project|bench)\.py$)'
 
 mkdir -p "$DEST"
 git -C "$ROOT" ls-files -z --cached --others --exclude-standard |

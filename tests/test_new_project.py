@@ -24,7 +24,8 @@ def test_new_project_names_nothing_of_this_repository_it_does_not_need(tmp_path:
                            check=True).stdout.split()
     assert {"Makefile", "README.md", "template/train.py", "scripts/setup.sh",
             "scripts/preflight/pipeline.py", "tests/cluster/conftest.py", ".ci/run"} <= set(files)
-    assert not [f for f in files if f.startswith("bench/") or f == "tests/test_new_project.py"]
+    assert not [f for f in files if f.startswith("bench/")
+                or f in ("tests/test_new_project.py", "tests/test_bench.py")]
     assert (dest / "README.md").read_text().startswith("# my-project\n")
     # (new_project.sh itself names what it leaves out)
     text = "\n".join((dest / f).read_text(errors="replace") for f in files

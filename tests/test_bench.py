@@ -1,0 +1,38 @@
+"""The benchmarks' own logic that can go wrong quietly: reading workers' output, the arguments.
+(The figures themselves come from `make bench`; no test times anything.)"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import common  # noqa: E402
+import run  # noqa: E402
+
+
+def test_a_workers_json_is_found_behind_and_before_mpiruns_tags():
+    out = ('[1,0]<stdout>:starting\n'
+           '[1,0]<stdout>:{"lib": "horovod", "rows": [1, 2]}[1,0]<stdout>:\n')
+    assert common.last_json_line(out) == {"lib": "horovod", "rows": [1, 2]}
+
+
+def test_no_json_at_all_is_an_error_not_an_empty_result():
+    with pytest.raises(ValueError):
+        common.last_json_line("[1,0]<stdout>:{not json\nnothing here\n")
+
+
+def test_host_counts_are_sorted_unique_and_bounded():
+    args = run.parse_args(["--hosts", "16,3,3,8"])
+    assert args.hosts == (3, 8, 16)
+    for bad in ("0,3", "33", "three"):
+        with pytest.raises(SystemExit):
+            run.parse_args(["--hosts", bad])
+
+
+def test_one_cluster_is_as_large_as_the_largest_benchmark_asks():
+    assert run.cluster_size(run.parse_args([])) == 16
+    assert run.cluster_size(run.parse_args(["--only", "allreduce", "--allreduce-hosts", "3"])) == 3
+    assert run.cluster_size(run.parse_args(["--only", "step"])) == 1
