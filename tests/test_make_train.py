@@ -1,5 +1,5 @@
 """`make train` on this machine: bad input stops early with one line and nothing written, and
-the default run trains the example to the accuracy target."""
+the default run (and one on a single process) trains the example to the accuracy target."""
 
 from __future__ import annotations
 
@@ -69,3 +69,14 @@ def test_default_train_reaches_the_accuracy_target_on_all_physical_cores(tmp_pat
     assert metrics["samples_per_second"] > 0
     assert (run / "model.h5").is_file()
     assert f"metrics {run / 'metrics.json'}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_one_process_reaches_the_accuracy_target_too(tmp_path: Path) -> None:
+    # The learning rate scales with the world size: one process trains at the base rate.
+    proc = make_train(tmp_path, NP="1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["world_size"] == 1
+    assert metrics["val_accuracy"] >= 0.95
