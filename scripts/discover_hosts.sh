@@ -7,7 +7,8 @@
 # Environment (scripts/train.sh sets them): DISCOVER_HOSTS ('h1:2,h2:2') or DISCOVER_INVENTORY
 # (a hostfile) name the inventory, neither: this machine; DISCOVER_TIMEOUT (seconds per step
 # and host, default 5) bounds how long a dead host holds up one round; DISCOVER_STATE (a file
-# for the last list, so that a change is reported once); VENV as in make.
+# for the last list, so that a change is reported once); DISCOVER_EVERY (seconds, default 5):
+# within this time of the last round the last list is the answer; VENV as in make.
 #
 # Stdout carries the host lines and nothing else (the preflight's words go to stderr). Exit 0
 # also when some or all hosts are out: horovodrun takes a failing script for a broken job. Exit
@@ -23,6 +24,15 @@ if [ -n "${DISCOVER_INVENTORY:-}" ]; then
   inventory=(--inventory "$DISCOVER_INVENTORY")
 elif [ -n "${DISCOVER_HOSTS:-}" ]; then
   inventory=(--hosts "$DISCOVER_HOSTS")
+fi
+
+# horovodrun asks about once a second, and a round (ssh to every host, a probe on each) takes a
+# good part of a core from the training on this host; a host that dies mid-run is dropped by
+# horovodrun itself (its processes fail), so a list a few seconds old does no harm.
+if [ -n "${DISCOVER_STATE:-}" ] && [ -f "$DISCOVER_STATE" ] &&
+   [ $(($(date +%s) - $(stat -c %Y "$DISCOVER_STATE"))) -lt "${DISCOVER_EVERY:-5}" ]; then
+  cat "$DISCOVER_STATE"
+  exit 0
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/discover-XXXXXX") || exit 2
@@ -57,6 +67,6 @@ for host in json.load(open(sys.argv[1])).get("hosts", []):
     if not host.get("ok") and failed:
         print(f"discover_hosts: {host['host']} is out: {failed[0]['id']}: {failed[0]['detail']}")
 EOF
-  cp "$work/hosts" "$DISCOVER_STATE"
 fi
+[ -z "${DISCOVER_STATE:-}" ] || cp "$work/hosts" "$DISCOVER_STATE"  # its time: the last round
 exit 0

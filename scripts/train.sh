@@ -8,8 +8,8 @@
 # EPOCHS BATCH_SIZE LR WARMUP OUT SEED RESUME, passed to template/train.py.
 #
 # ELASTIC=1 runs horovodrun's elastic mode over Gloo: scripts/discover_hosts.sh preflights the
-# same inventory about once a second, a host that fails drops out and the others go on from the
-# last committed state, a host that passes again joins. MIN_NP (default 1): fewer processes
+# same inventory (at most every DISCOVER_EVERY=5 s), a host that fails drops out and the others
+# go on from the last committed state, a host that passes again joins after a cool-down. MIN_NP (default 1): fewer processes
 # than this and the job waits for hosts (HOROVOD_ELASTIC_TIMEOUT, default 600 s) and then
 # fails; MAX_NP: never more than this. HOROVOD_GLOO_TIMEOUT_SECONDS (default 30) is how long the
 # others wait on a host that stopped answering before they drop it.
@@ -101,7 +101,10 @@ elastic_launch_args() {
   elif [ -n "${HOSTS:-}" ]; then export DISCOVER_HOSTS=$HOSTS
   fi
   # horovodrun runs the script through a shell, on this machine, from this directory.
+  # A host whose processes failed is shut out for 30 s at first, longer each time it fails
+  # again (at most 300 s); without a range horovodrun shuts it out for good.
   LAUNCH_ARGS=(--gloo --min-np "$min" ${MAX_NP:+--max-np "$MAX_NP"}
+               --blacklist-cooldown-range 30 300
                --host-discovery-script "$(printf '%q' "$ROOT/scripts/discover_hosts.sh")")
   ssh_with_keepalive
   export DISCOVER_STATE=$SCRATCH/discovered  # lets the script say once why a host dropped

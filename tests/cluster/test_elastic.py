@@ -77,6 +77,23 @@ def test_min_np_above_the_processes_found_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+def test_discovery_answers_from_its_last_round_for_a_few_seconds(tmp_path: Path) -> None:
+    state = tmp_path / "discovered"
+    state.write_text("hX:9\n")  # no such host: only the cached answer can name it
+    env = {**os.environ, "DISCOVER_STATE": str(state), "DISCOVER_EVERY": "60"}
+    env.pop("DISCOVER_HOSTS", None)
+    env.pop("DISCOVER_INVENTORY", None)
+    proc = subprocess.run([str(DISCOVER)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=env)
+    assert (proc.returncode, proc.stdout) == (0, "hX:9\n"), proc.stderr
+    os.utime(state, (time.time() - 120, time.time() - 120))  # older than DISCOVER_EVERY
+    proc = subprocess.run([str(DISCOVER)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(r"localhost:[1-9]\d*\n", proc.stdout), proc.stdout
+    assert state.read_text() == proc.stdout
+
+
 @pytest.mark.cluster
 def test_discovery_lists_the_healthy_hosts_with_their_slots(cluster) -> None:
     # The session cluster's h3 has Debian's '127.0.1.1 h3' line, which the preflight fails.
