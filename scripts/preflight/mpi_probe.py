@@ -96,7 +96,8 @@ def finish(request, deadline: float, spin_s: float | None = None) -> None:
     between tests (None: spinning throughout, as large transfers need: Open MPI's TCP transport
     moves data only inside MPI calls). MPI's blocking calls spin on a core; where many ranks
     share few cores (the simulated cluster) a spinning rank takes the CPU from the pair being
-    timed and turns microseconds into milliseconds, so waits that may be long nap."""
+    timed and turns microseconds into milliseconds. So a spin yields the core between tests (at
+    once back when no one else wants it), and waits that may be long nap."""
     started = time.monotonic()
     while not request.Test():
         now = time.monotonic()
