@@ -71,7 +71,10 @@ class Ssh:
 
     def reuse_args(self) -> list[str]:
         """ssh options for another program's ssh (mpirun's) to ride on these connections where
-        they are open, and connect as usual where not: no second handshake per host."""
+        they are open, and connect as usual where not: no second handshake per host. None
+        where the path has a space: mpirun splits its ssh options at spaces."""
+        if any(c.isspace() for c in self._control_dir):
+            return []
         return ["-o", "ControlMaster=no", "-o", f"ControlPath={self._control_dir}/%C"]
 
     def run(self, host: str, remote_argv: Sequence[str], *, stdin: str | None = None,

@@ -368,3 +368,21 @@ def eventually(check, tries: int = 20, delay: float = 0.1) -> bool:
             return True
         time.sleep(delay)
     return False
+
+
+def test_mpirun_gets_the_preflights_control_path_unless_a_space_would_split_it(tmp_path,
+                                                                               monkeypatch):
+    from preflight.remote import Ssh
+
+    with Ssh() as ssh:
+        args = ssh.reuse_args()
+        assert args[:2] == ["-o", "ControlMaster=no"]
+        assert args[3].startswith("ControlPath=") and args[3].endswith("/%C")
+        assert not [a for a in args if " " in a]
+    spaced = tmp_path / "with space"
+    spaced.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spaced))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    with Ssh() as ssh:
+        assert ssh.reuse_args() == []
