@@ -151,7 +151,9 @@ main() {
   elastic_values
   choose_hostfile
   local settings np iface
-  settings=$("$PY" -m preflight.launch settings --report "$REPORT" --hostfile "$LAUNCH_HOSTFILE" ${NP:+--np "$NP"}) || exit 2
+  local gloo=()
+  [ "${ELASTIC:-0}" = 0 ] || gloo=(--gloo)
+  settings=$("$PY" -m preflight.launch settings --report "$REPORT" --hostfile "$LAUNCH_HOSTFILE" ${NP:+--np "$NP"} "${gloo[@]}") || exit 2
   read -r np iface <<<"$settings"
   LAUNCH_ARGS=(--hostfile "$LAUNCH_HOSTFILE")
   [ "${ELASTIC:-0}" = 0 ] || elastic_launch_args "$np"

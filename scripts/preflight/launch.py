@@ -2,7 +2,8 @@
 process count and interface to hand to horovodrun.
 
     python -m preflight.launch vouches  --report R --hostfile H   # exit 0 if R wrote H as it is
-    python -m preflight.launch settings --report R --hostfile H [--np N]   # prints "NP IFACE"
+    python -m preflight.launch settings --report R --hostfile H [--np N] [--gloo]
+                                                               # prints "NP IFACE"
     python -m preflight.launch explain  --log L --hostfile H   # why a job failed: rank, host
 
 Errors are one line that names the problem and the fix, exit 2.
@@ -59,14 +60,14 @@ def vouches(report: dict, hostfile: Path) -> bool:
     return bool(want) and hostfile.is_file() and file_sha256(hostfile) == want
 
 
-def settings(report: dict, hostfile: Path, np_override: int | None) -> tuple[int, str]:
+def settings(report: dict, hostfile: Path, np_override: int | None,
+             gloo: bool = False) -> tuple[int, str]:
+    """The process count and what horovodrun's --network-interfaces gets."""
     slots = hostfile_slots(hostfile)
     if not vouches(report, hostfile):
         raise LaunchError(f"the preflight report does not vouch for {hostfile} (it was changed "
                           f"or written elsewhere): run make preflight INVENTORY={hostfile}")
-    interface = report.get("interface")
-    if not interface:
-        raise LaunchError("the preflight report names no interface: run make preflight again")
+    interface = network_interfaces(report, gloo)
     np = slots if np_override is None else np_override
     if np < 1:
         raise LaunchError(f"NP={np} must be at least 1")
@@ -74,6 +75,25 @@ def settings(report: dict, hostfile: Path, np_override: int | None) -> tuple[int
         raise LaunchError(f"NP={np} is more than the {slots} slots in {hostfile}: lower NP or "
                           f"add hosts/slots to the inventory and run make preflight")
     return np, interface
+
+
+def network_interfaces(report: dict, gloo: bool) -> str:
+    """The interface's name; where hosts name it differently (eth0 here, ens5 there), the
+    subnet. horovodrun hands the value to Open MPI's btl_tcp_if_include, which takes a subnet
+    and, given a list of names, hangs on a host that lacks one of them. Gloo (elastic runs)
+    takes a single name for every host, so differing names cannot go there."""
+    interface, cidr = report.get("interface"), report.get("interface_cidr")
+    if not interface:
+        raise LaunchError("the preflight report names no interface: run make preflight again")
+    if "," not in interface:
+        return interface
+    if gloo:
+        raise LaunchError(f"the hosts name the job's interface differently ({interface}), and "
+                          f"Horovod's Gloo takes one name for all: give it the same name on "
+                          f"every host, or train without ELASTIC=1")
+    if not cidr:
+        raise LaunchError("the preflight report names no subnet: run make preflight again")
+    return cidr
 
 
 # What mpirun prints about the first process that failed.
@@ -121,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, help="the job's output (explain)")
     parser.add_argument("--hostfile", type=Path, required=True)
     parser.add_argument("--np", type=int, default=None, help="process count instead of all slots")
+    parser.add_argument("--gloo", action="store_true",
+                        help="settings for a Gloo (elastic) run: one interface name for all")
     args = parser.parse_args(argv)
     if args.action == "explain":
         log = args.log.read_text(errors="replace") if args.log else sys.stdin.read()
@@ -130,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         report = load_report(args.report)
         if args.action == "vouches":
             return 0 if vouches(report, args.hostfile) else 1
-        np, interface = settings(report, args.hostfile, args.np)
+        np, interface = settings(report, args.hostfile, args.np, args.gloo)
     except LaunchError as exc:
         print(f"make train: {exc}", file=sys.stderr)
         return 2

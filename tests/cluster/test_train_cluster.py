@@ -1,16 +1,19 @@
 """End to end on the simulated cluster: preflight from h1 over three hosts, then horovodrun
-trains the template across all of them over the interface the preflight chose."""
+trains the template across all of them over the interface the preflight chose; also where the
+hosts name that interface differently."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_PY = ROOT / ".venv" / "bin" / "python"
+CLUSTER_SH = ROOT / "scripts" / "cluster.sh"
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -42,3 +45,43 @@ def test_preflight_then_training_across_three_hosts(cluster, tmp_path: Path) -> 
     assert sorted(metrics["rank_hosts"]) == ["h1", "h2", "h3"]  # every rank took part
     assert metrics["val_accuracy"] >= 0.95
     assert (run / "model.h5").is_file() and list((run / "checkpoints").glob("epoch-015.h5"))
+
+
+@pytest.fixture
+def renamed_env(tmp_path: Path):
+    """A cluster of its own (prefix hvif) where h2 calls its link ens5 and the others eth0."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: scripts/cluster.sh builds network namespaces")
+    env = {**os.environ, "HVSIM_PREFIX": "hvif", "HVSIM_DIR": str(tmp_path / "state")}
+    try:
+        up = subprocess.run([str(CLUSTER_SH), "up", "3", "--ifname", "h2=ens5"], env=env,
+                            capture_output=True, text=True, timeout=180)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield env
+    finally:
+        subprocess.run([str(CLUSTER_SH), "down"], env=env, capture_output=True, timeout=120)
+
+
+def test_hosts_that_name_the_interface_differently_still_train_together(renamed_env,
+                                                                        tmp_path: Path) -> None:
+    env = {**renamed_env, "HOSTS": "h1:1,h2:1,h3:1", "REPORT": str(tmp_path / "pf.json"),
+           "PREFLIGHT_HOSTFILE": str(tmp_path / "hostfile"), "OUT": str(tmp_path / "runs"),
+           "EPOCHS": "3"}
+    proc = subprocess.run([str(CLUSTER_SH), "exec", "h1", "bash", str(ROOT / "scripts" /
+                                                                     "train.sh")],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "pf.json").read_text())
+    assert (report["interface"], report["interface_cidr"]) == ("eth0,ens5", "10.231.0.0/24")
+    # Open MPI gets the subnet: given the names, it hangs on a host that lacks one of them.
+    assert "--network-interfaces 10.231.0.0/24" in proc.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert sorted(metrics["rank_hosts"]) == ["h1", "h2", "h3"]
+
+    gloo = subprocess.run([str(CLUSTER_SH), "exec", "h1", "bash",
+                           str(ROOT / "scripts" / "train.sh")],
+                          env={**env, "ELASTIC": "1", "HOSTFILE": str(tmp_path / "hostfile")},
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert gloo.returncode == 2
+    assert "Gloo takes one name for all" in gloo.stderr

@@ -17,6 +17,7 @@ def write_pair(tmp_path: Path, hostfile_text: str, interface: str = "eth0") -> t
     report = tmp_path / "preflight.json"
     digest = hashlib.sha256(hostfile_text.encode()).hexdigest()
     report.write_text(json.dumps({"ok": True, "interface": interface,
+                                  "interface_cidr": "10.0.0.0/24",
                                   "provenance": {"hostfile_sha256": digest}}))
     return hostfile, report
 
@@ -25,6 +26,17 @@ def test_settings_use_all_slots_and_the_chosen_interface(tmp_path: Path) -> None
     hostfile, report = write_pair(tmp_path, "h1 slots=2\nh2 slots=3\n")
     assert launch.main(["settings", "--report", str(report), "--hostfile", str(hostfile)]) == 0
     assert launch.settings(launch.load_report(report), hostfile, None) == (5, "eth0")
+
+
+def test_names_that_differ_between_hosts_give_mpi_the_subnet_and_gloo_a_refusal(
+        tmp_path: Path) -> None:
+    hostfile, report = write_pair(tmp_path, "h1 slots=1\nh2 slots=1\n", "eth0,ens5")
+    loaded = launch.load_report(report)
+    assert launch.settings(loaded, hostfile, None) == (2, "10.0.0.0/24")
+    with pytest.raises(launch.LaunchError, match="Gloo takes one name for all"):
+        launch.settings(loaded, hostfile, None, gloo=True)
+    hostfile, report = write_pair(tmp_path, "h1 slots=1\n")
+    assert launch.settings(launch.load_report(report), hostfile, None, gloo=True) == (1, "eth0")
 
 
 def test_np_larger_than_the_slots_is_refused_with_the_fix(tmp_path: Path, capsys) -> None:
