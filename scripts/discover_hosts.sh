@@ -12,7 +12,8 @@
 #
 # Stdout carries the host lines and nothing else (the preflight's words go to stderr). Exit 0
 # also when some or all hosts are out: horovodrun takes a failing script for a broken job. Exit
-# 2 only for bad input, which horovodrun reports at once when it is the first round.
+# 2 for bad input, which horovodrun reports at once when it is the first round; 3 when the
+# preflight failed and there is no earlier answer to give.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -43,9 +44,16 @@ trap 'rm -rf "$work"' EXIT
 rc=0
 "$PY" -m preflight "${inventory[@]}" --no-mpi --quiet --timeout "${DISCOVER_TIMEOUT:-5}" \
   --hostfile "$work/hostfile" --report "$work/report.json" >"$work/log" 2>&1 || rc=$?
-if [ "$rc" -gt 1 ]; then  # 0 all healthy, 1 some out (no hostfile if none is healthy)
+# 0 all healthy, 1 some out (no hostfile if none is healthy); anything else, or no report, and
+# the round says nothing about the hosts: the last answer stands (bad input excepted), rather
+# than an empty list that would make horovodrun stop every process.
+if [ "$rc" -gt 1 ] || [ ! -f "$work/report.json" ]; then
   cat "$work/log" >&2
-  exit "$rc"
+  if [ "$rc" != 2 ] && [ -n "${DISCOVER_STATE:-}" ] && [ -f "$DISCOVER_STATE" ]; then
+    cat "$DISCOVER_STATE"
+    exit 0
+  fi
+  exit $((rc > 1 ? rc : 3))
 fi
 
 # 'host slots=N' -> 'host:N'

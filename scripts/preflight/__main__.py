@@ -6,7 +6,7 @@ path MTU between the healthy hosts and runs an MPI allreduce over them.
 
 Exit codes: 0 every host healthy; 1 some hosts are out (the hostfile lists the healthy ones;
 with none healthy no hostfile is written and an old one is removed); 2 bad input (nothing
-written).
+written); 3 the preflight itself failed (a bug: the traceback says where).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from rich.console import Console
@@ -22,7 +23,7 @@ from rich.console import Console
 from . import inventory as inv
 from . import pipeline, report
 
-EXIT_OK, EXIT_SOME_OUT, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_SOME_OUT, EXIT_BAD_INPUT, EXIT_CRASHED = 0, 1, 2, 3
 
 
 def parser() -> argparse.ArgumentParser:
@@ -77,6 +78,18 @@ def check_outputs(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """run(), with a crash kept apart from "some hosts are out": Python exits 1 on an uncaught
+    exception, and callers (make train, the elastic discovery) read 1 as a verdict."""
+    try:
+        return run(argv)
+    except Exception:  # every bug, reported as one
+        traceback.print_exc()
+        print("preflight: error: the preflight itself failed (above); please report it",
+              file=sys.stderr)
+        return EXIT_CRASHED
+
+
+def run(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     try:
         inventory = inv.load(args.hosts, args.inventory)

@@ -8,8 +8,8 @@ shell-quoted string because ssh hands the remote command to the login shell.
 
 from __future__ import annotations
 
-import os
 import shlex
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -100,9 +100,8 @@ class Ssh:
         for host in self._hosts_used:
             subprocess.run(["ssh", "-o", f"ControlPath={self._control_dir}/%C", "-O", "exit",
                             "--", host], capture_output=True, timeout=5, check=False)
-        for name in os.listdir(self._control_dir):
-            os.unlink(os.path.join(self._control_dir, name))
-        os.rmdir(self._control_dir)
+        # A master removes its own socket as it exits, which may be while we list them.
+        shutil.rmtree(self._control_dir, ignore_errors=True)
 
     def __enter__(self) -> Ssh:
         return self

@@ -94,6 +94,27 @@ def test_discovery_answers_from_its_last_round_for_a_few_seconds(tmp_path: Path)
     assert state.read_text() == proc.stdout
 
 
+def test_a_failed_round_keeps_the_last_answer_instead_of_an_empty_one(tmp_path: Path) -> None:
+    # A stand-in for the venv whose Python fails as a crashing preflight does: exit 1 (Python's
+    # code for an uncaught exception), no report written.
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    python = tmp_path / "venv" / "bin" / "python"
+    python.write_text("#!/bin/sh\necho 'Traceback: boom' >&2\nexit 1\n")
+    python.chmod(0o755)
+    state = tmp_path / "discovered"
+    state.write_text("h1:2\nh2:2\n")
+    os.utime(state, (time.time() - 120, time.time() - 120))  # due for a new round
+    env = {**os.environ, "VENV": str(tmp_path / "venv"), "DISCOVER_STATE": str(state)}
+    proc = subprocess.run([str(DISCOVER)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=env)
+    assert (proc.returncode, proc.stdout) == (0, "h1:2\nh2:2\n")
+    assert "Traceback: boom" in proc.stderr
+    state.unlink()  # no earlier answer: the failure shows
+    proc = subprocess.run([str(DISCOVER)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=env)
+    assert (proc.returncode, proc.stdout) == (3, "")
+
+
 @pytest.mark.cluster
 def test_discovery_lists_the_healthy_hosts_with_their_slots(cluster) -> None:
     # The session cluster's h3 has Debian's '127.0.1.1 h3' line, which the preflight fails.

@@ -48,6 +48,18 @@ def test_python_dash_m_preflight_runs():
     assert "Exit codes" in proc.stdout
 
 
+def test_a_crash_exits_3_not_1_which_means_some_hosts_are_out(tmp_path, monkeypatch, capsys):
+    def crash(*_args, **_kwargs):
+        raise FileNotFoundError("a socket went away")
+
+    monkeypatch.setattr(pipeline, "run", crash)
+    rc = main(["--hostfile", str(tmp_path / "hf"), "--report", str(tmp_path / "r.json")])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "FileNotFoundError: a socket went away" in err
+    assert "the preflight itself failed" in err
+
+
 def test_hosts_and_inventory_together_are_bad_input(tmp_path):
     with pytest.raises(SystemExit) as done:
         main(["--hosts", "h1", "--inventory", "x", *outputs(tmp_path)])
