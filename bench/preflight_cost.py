@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common import (
@@ -59,10 +60,13 @@ class PreflightRun:
     tail: str
 
 
+# What the timed preflights write; removed when the benchmark is done.
+SCRATCH = (Path(f"/tmp/{PREFIX}-{NAME}.hostfile"), Path(f"/tmp/{PREFIX}-{NAME}.json"))
+
+
 def preflight_argv(hosts: Sequence[str], mpi: bool) -> list[str]:
     argv = [PYTHON, "-m", "preflight", "--hosts", ",".join(hosts),
-            "--hostfile", f"/tmp/{PREFIX}-{NAME}.hostfile",
-            "--report", f"/tmp/{PREFIX}-{NAME}.json"]
+            "--hostfile", str(SCRATCH[0]), "--report", str(SCRATCH[1])]
     return argv if mpi else [*argv, "--no-mpi"]
 
 
@@ -221,7 +225,11 @@ def plot(result: dict):
 
 def run(cluster: Cluster, host_counts: Sequence[int], repeat: int, console: Console,
         say: Say) -> dict:
-    result = measure(cluster, host_counts, repeat, say)
+    try:
+        result = measure(cluster, host_counts, repeat, say)
+    finally:
+        for path in SCRATCH:
+            path.unlink(missing_ok=True)
     report(result, console)
     paths = [write_json(NAME, result), plot(result)]
     console.print("wrote " + ", ".join(str(p) for p in paths))
