@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -128,7 +128,6 @@ class Cluster:
 
     size: int
     prefix: str = PREFIX
-    log: list[str] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
         env = job_env({"HVSIM_PREFIX": self.prefix})
@@ -153,7 +152,6 @@ class Cluster:
         if not result.ok:
             self.down()
             raise RuntimeError(f"cluster.sh up {self.size} failed: {result.why()}")
-        self.log.append(f"up {self.size} hosts in {result.seconds:.1f} s")
         return self
 
     def __exit__(self, *exc: object) -> None:

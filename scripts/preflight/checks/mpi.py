@@ -12,12 +12,14 @@ its pairs and one pair never connected). The pairs that never connected name the
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -122,6 +124,10 @@ def missing_tools(python: str) -> tuple[str, str] | None:
     if shutil.which("mpirun") is None:
         return ("mpirun is not installed on this machine",
                 "install Open MPI and the venv: make setup")
+    if python == sys.executable:  # the usual case: ask this interpreter, start no other
+        if importlib.util.find_spec("mpi4py") is None:
+            return f"mpi4py is not installed in {python}", "install it: make setup"
+        return None
     try:
         proc = subprocess.run([python, "-c", "import mpi4py"], capture_output=True, text=True,
                               timeout=30, check=False)
