@@ -1,8 +1,9 @@
 """The hosts to check and their slots, from --hosts, an inventory file, or this machine alone.
 
 An inventory file is an Open MPI hostfile: one `host [slots=N]` per line, `#` comments, blank
-lines. Every mistake is an InventoryError naming the line and the fix; the command line turns it
-into exit code 2. A name that does not resolve is not a mistake here: that host fails its
+lines. This module is the project's one reader and writer of that format (the preflight, make
+train and the elastic discovery all use it). Every mistake is an InventoryError naming the line
+and the fix; the commands turn it into exit code 2. A name that does not resolve is not a mistake here: that host fails its
 `resolve` checks later and the others go on.
 """
 
@@ -14,6 +15,9 @@ import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
 
 DEFAULT_HOST = "localhost"
 RESOLVE_TIMEOUT_S = 3.0
@@ -22,7 +26,7 @@ _NAME = re.compile(r"^[A-Za-z0-9._:][A-Za-z0-9._:-]*$")
 _SLOTS = re.compile(r"^[0-9]+$")
 
 
-class InventoryError(ValueError):
+class InventoryError(UserError):
     """Bad input: the message names where and what to do."""
 
 
@@ -41,6 +45,26 @@ class Inventory:
     @property
     def names(self) -> list[str]:
         return [h.name for h in self.hosts]
+
+    @property
+    def slots(self) -> int:
+        """All slots; a host without slots= counts one, as mpirun counts it."""
+        return sum(h.slots or 1 for h in self.hosts)
+
+    def rank_hosts(self) -> list[str]:
+        """The host of each rank as mpirun places them by default: slots filled in order."""
+        return [h.name for h in self.hosts for _ in range(h.slots or 1)]
+
+
+def hostfile_text(hosts: Sequence[tuple[str, int]]) -> str:
+    """(host, slots) pairs as hostfile lines, `host slots=N` and nothing else: horovodrun's
+    --hostfile accepts no comments or blank lines."""
+    return "".join(f"{name} slots={slots}\n" for name, slots in hosts)
+
+
+def discovery_text(inventory: Inventory) -> str:
+    """`host:slots` lines, the format of horovodrun's --host-discovery-script."""
+    return "".join(f"{h.name}:{h.slots or 1}\n" for h in inventory.hosts)
 
 
 Resolver = Callable[[str], "set[str]"]
@@ -127,14 +151,16 @@ def load(hosts: str | None, path: str | None) -> Inventory:
     if hosts is not None:
         return parse_hosts_arg(hosts)
     if path is not None:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InventoryError(f"cannot read the inventory {path}: {exc}; check the path") \
-                from exc
-        return parse_hostfile(text, path)
+        return read_hostfile(path)
     return default_inventory()
+
+
+def read_hostfile(path: str | Path, what: str = "the inventory") -> Inventory:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InventoryError(f"cannot read {what} {path}: {exc}; check the path") from exc
+    return parse_hostfile(text, str(path))
 
 
 def resolve_locally(name: str) -> set[str]:

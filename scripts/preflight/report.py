@@ -2,7 +2,8 @@
 
 Both files are written atomically (a temp file in the same folder, then os.replace), so a reader
 never sees half a file. The hostfile holds only `host slots=N` lines of the healthy hosts: no
-comments, no blank lines (horovodrun --hostfile rejects them).
+comments, no blank lines (horovodrun --hostfile rejects them). `read_report` and `vouches` are
+the one reader of preflight.json: make train and the discovery use them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console
@@ -24,8 +26,12 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .pipeline import Outcome
+from .errors import UserError
+from .inventory import hostfile_text as inventory_text
 from .result import HostReport, Report, Status
+
+if TYPE_CHECKING:
+    from .pipeline import Outcome
 
 FAMILIES = ("ssh", "resolve", "interface", "mesh", "mtu", "software", "resources", "clock",
             "mpi")
@@ -36,7 +42,24 @@ PLAIN_WIDTH = 140
 
 
 def hostfile_text(report: Report) -> str:
-    return "".join(f"{h.host} slots={h.slots}\n" for h in report.healthy)
+    return inventory_text([(h.host, h.slots) for h in report.healthy])
+
+
+def read_report(path: Path) -> dict:
+    """preflight.json as written by write_outputs; a UserError when it is missing or broken."""
+    if not Path(path).is_file():
+        raise UserError(f"{path} does not exist", "run make preflight first")
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc})", "run make preflight again") from exc
+
+
+def vouches(report: dict, hostfile: Path) -> bool:
+    """True if the report wrote this hostfile, byte for byte (its hash is in the provenance)."""
+    want = report.get("provenance", {}).get("hostfile_sha256")
+    return bool(want) and Path(hostfile).is_file() and \
+        hashlib.sha256(Path(hostfile).read_bytes()).hexdigest() == want
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -1,0 +1,145 @@
+"""The one way this project runs a local process: bounded in time, in its own process group, and
+described afterwards by one result type (`Ran`).
+
+Every process starts in a new session, so that stopping it stops what it started too: mpirun
+and horovodrun leave daemons and ranks behind when only the parent is killed. `stop_group`
+sends TERM first (mpirun then takes its remote daemons down) and KILL to what is left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+KILL_GRACE_S = 3.0
+HOPELESS_GRACE_S = 2.0  # a run judged hopeless may still recover: give it a moment
+WATCH_S = 0.1
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What came back from one process: exit status, output, time, and whether we stopped it
+    (at the time limit, or as soon as its output showed it could only hang)."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    stopped: str | None = None  # None: it ended by itself; "timeout" or "hopeless": we stopped it
+    limit_s: float = 0.0  # the time limit, where that is why it was stopped
+
+    @property
+    def timed_out(self) -> bool:
+        return self.stopped is not None
+
+    @property
+    def gave_up(self) -> bool:
+        return self.stopped == "hopeless"
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def why(self) -> str:
+        """A short account of a failure: the command, how it ended, the last lines it printed."""
+        tail = (self.stderr.strip() or self.stdout.strip()).splitlines()[-6:]
+        state = "timed out" if self.timed_out else f"exit {self.returncode}"
+        return f"{' '.join(self.argv[:8])} ... {state}:\n  " + "\n  ".join(tail)
+
+
+def run(argv: Sequence[str], timeout_s: float, *, stdin: str | None = None,
+        env: Mapping[str, str] | None = None, cwd: Path | str | None = None,
+        hopeless: Callable[[str], bool] | None = None) -> Ran:
+    """Runs argv to its end or to timeout_s, whichever comes first; never raises for a failing
+    command (a missing program is returncode 127). hopeless(stdout so far): when it has held for
+    HOPELESS_GRACE_S the process group is stopped early."""
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            list(argv), stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=None if env is None else dict(env), cwd=cwd, start_new_session=True)
+    except OSError as exc:
+        return Ran(tuple(argv), 127, "", str(exc), time.monotonic() - start)
+    if hopeless is None:  # the common case: the pipes are read as they fill, no polling
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout_s)
+            stopped = None
+        except subprocess.TimeoutExpired:
+            stop_group(proc)
+            out, err = proc.communicate()
+            stopped = "timeout"
+        return _ran(argv, proc, out, err, start, stopped, timeout_s)
+    chunks: tuple[list[str], list[str]] = ([], [])
+    threads = [threading.Thread(target=_collect, args=(pipe, into), daemon=True)
+               for pipe, into in zip((proc.stdout, proc.stderr), chunks)]
+    for thread in threads:
+        thread.start()
+    if stdin is not None:
+        _feed(proc, stdin)
+    stopped = _watch(proc, start + timeout_s, lambda: hopeless("".join(chunks[0])))
+    for thread in threads:
+        thread.join(timeout=KILL_GRACE_S)
+    return _ran(argv, proc, "".join(chunks[0]), "".join(chunks[1]), start, stopped, timeout_s)
+
+
+def _ran(argv: Sequence[str], proc: subprocess.Popen, out: str, err: str, start: float,
+         stopped: str | None, timeout_s: float) -> Ran:
+    return Ran(tuple(argv), proc.returncode, out or "", err or "", time.monotonic() - start,
+               stopped, limit_s=timeout_s if stopped == "timeout" else 0.0)
+
+
+def _feed(proc: subprocess.Popen, text: str) -> None:
+    try:
+        proc.stdin.write(text)
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):  # it ended without reading: its output says why
+        pass
+
+
+def _collect(pipe, into: list[str]) -> None:
+    for line in pipe:
+        into.append(line)
+
+
+def _watch(proc: subprocess.Popen, deadline: float, hopeless: Callable[[], bool]) -> str | None:
+    """Waits for the process; None when it ended, else why it was stopped."""
+    hopeless_since = None
+    while True:
+        try:
+            proc.wait(timeout=WATCH_S)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if now >= deadline:
+            stop_group(proc)
+            return "timeout"
+        if not hopeless():
+            hopeless_since = None
+        elif hopeless_since is None:
+            hopeless_since = now
+        elif now - hopeless_since > HOPELESS_GRACE_S:
+            stop_group(proc)
+            return "hopeless"
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """TERM the process's group, then KILL what is left after a grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=KILL_GRACE_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
