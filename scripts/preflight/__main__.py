@@ -22,8 +22,7 @@ from rich.console import Console
 
 from . import inventory as inv
 from . import pipeline, report
-
-EXIT_OK, EXIT_SOME_OUT, EXIT_BAD_INPUT, EXIT_CRASHED = 0, 1, 2, 3
+from .errors import Exit, UserError, render
 
 
 def parser() -> argparse.ArgumentParser:
@@ -56,25 +55,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def bad_input(message: str) -> int:
-    print(f"preflight: error: {message}", file=sys.stderr)
-    return EXIT_BAD_INPUT
-
-
-def check_outputs(args: argparse.Namespace) -> str | None:
-    """Why the output paths are unusable, or None."""
+def check_outputs(args: argparse.Namespace) -> None:
+    """Raises a UserError when the options or the output paths are unusable."""
     if args.timeout <= 0:
-        return f"--timeout {args.timeout:g}: give a positive number of seconds"
+        raise UserError(f"--timeout {args.timeout:g}", "give a positive number of seconds")
     if args.inventory and Path(args.inventory).resolve() == args.hostfile.resolve():
-        return (f"--hostfile {args.hostfile} is the inventory itself; write the healthy hosts "
-                "elsewhere, e.g. --hostfile hostfile.healthy")
+        raise UserError(f"--hostfile {args.hostfile} is the inventory itself",
+                        "write the healthy hosts elsewhere, e.g. --hostfile hostfile.healthy")
     for flag, path in (("--hostfile", args.hostfile), ("--report", args.report)):
         folder = path.resolve().parent
         if path.is_dir():
-            return f"{flag} {path} is a folder; give a file path"
+            raise UserError(f"{flag} {path} is a folder", "give a file path")
         if not folder.is_dir() or not os.access(folder, os.W_OK):
-            return f"{flag} {path}: cannot write in {folder}; create it or pick another path"
-    return None
+            raise UserError(f"{flag} {path}: cannot write in {folder}",
+                            "create it or pick another path")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,23 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     exception, and callers (make train, the elastic discovery) read 1 as a verdict."""
     try:
         return run(argv)
+    except UserError as exc:
+        return render("preflight", exc)
     except Exception:  # every bug, reported as one
         traceback.print_exc()
         print("preflight: error: the preflight itself failed (above); please report it",
               file=sys.stderr)
-        return EXIT_CRASHED
+        return Exit.CRASHED
 
 
 def run(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
-    try:
-        inventory = inv.load(args.hosts, args.inventory)
-        inv.check_duplicates(inventory)
-    except inv.InventoryError as exc:
-        return bad_input(str(exc))
-    problem = check_outputs(args)
-    if problem:
-        return bad_input(problem)
+    inventory = inv.load(args.hosts, args.inventory)
+    inv.check_duplicates(inventory)
+    check_outputs(args)
     out = Console(stderr=args.json, highlight=False)
     if not out.is_terminal:  # a log or a pipe: do not squeeze the table to 80 columns
         out.width = max(out.width, report.PLAIN_WIDTH)
@@ -112,7 +103,7 @@ def run(argv: list[str] | None) -> int:
     if args.json:
         json.dump(report.document(outcome), sys.stdout, indent=2)
         sys.stdout.write("\n")
-    return EXIT_OK if outcome.report.ok else EXIT_SOME_OUT
+    return Exit.OK if outcome.report.ok else Exit.SOME_OUT
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""A typed view of the probe's JSON: what the checks read instead of raw dictionaries."""
+"""A typed view of the host probe's JSON (agents/host_probe.py): what the checks read instead of
+raw dictionaries, and `HostProbe`, one host's probe run with the facts it brought."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import ipaddress
 import json
 from dataclasses import dataclass, field
 from typing import Any, Union
+
+from .proc import Ran
 
 IpInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 IpAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -149,3 +152,17 @@ def _interfaces(texts: Any) -> list[IpInterface]:
         except ValueError:
             continue
     return result
+
+
+@dataclass(frozen=True)
+class HostProbe:
+    """The host probe's run on one host: how it went (None: never sent), the facts it printed
+    (None: none could be read, `error` says why), and the launcher's clock around it."""
+
+    host: str
+    local: bool  # this machine: run without ssh
+    result: Ran | None
+    facts: Facts | None
+    error: str | None
+    sent: float  # launcher time.time() before the request
+    received: float  # and after the answer

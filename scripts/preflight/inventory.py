@@ -3,8 +3,8 @@
 An inventory file is an Open MPI hostfile: one `host [slots=N]` per line, `#` comments, blank
 lines. This module is the project's one reader and writer of that format (the preflight, make
 train and the elastic discovery all use it). Every mistake is an InventoryError naming the line
-and the fix; the commands turn it into exit code 2. A name that does not resolve is not a mistake here: that host fails its
-`resolve` checks later and the others go on.
+and the fix; the commands turn it into exit code 2. A name that does not resolve is not a
+mistake here: that host fails its `resolve` checks later and the others go on.
 """
 
 from __future__ import annotations

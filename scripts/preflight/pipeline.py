@@ -14,28 +14,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checks import clock, interface, mesh, mpi, resolve, resources, software
-from .checks import ssh as ssh_checks
-from .checks.interface import InterfaceChoice
-from .facts import Facts
+from . import agents, checks
+from .active import mesh as mesh_runner
+from .active import mpi as mpi_runner
+from .checks import mesh, mpi, mtu, resolve
+from .checks.context import Context
+from .choice import InterfaceChoice, choose_interface
+from .facts import Facts, HostProbe
 from .inventory import Host, Inventory
-from .remote import RemoteResult, Ssh, fan_out, is_local
+from .remote import Ssh, fan_out, is_local
 from .result import CheckResult, HostReport, Report, Status, failed, skipped
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = PROJECT_DIR / "template" / "train.py"
-PROBE_SOURCE = Path(__file__).with_name("probe.py")
 # Runs the venv's Python where it exists, else python3, on the probe sent on stdin.
 REMOTE_SH = 'p="$1"; shift; [ -x "$p" ] || p=python3; exec "$p" - "$@"'
-# Families that need a host's own facts, with the ids they skip when there are none.
-FACT_IDS = {
-    "resolve": ("resolve.loopback",),
-    "interface": ("interface.summary", "interface.choice"),
-    "software": ("software.versions",),
-    "resources": ("resources.slots", "resources.memory", "resources.disk", "resources.shm",
-                  "resources.paths"),
-    "clock": ("clock.skew",),
-}
 Say = Callable[[str], None]
 
 
@@ -48,17 +41,6 @@ class Options:
     python: str = sys.executable
     project: str = str(PROJECT_DIR)
     script: str = str(TRAIN_SCRIPT)
-
-
-@dataclass(frozen=True)
-class Probe:
-    host: str
-    local: bool
-    result: RemoteResult | None
-    facts: Facts | None
-    error: str | None  # why the output did not parse
-    sent: float  # launcher time.time() before the request
-    received: float  # and after the answer
 
 
 @dataclass(frozen=True)
@@ -78,14 +60,15 @@ def probe_argv(names: list[str], options: Options) -> list[str]:
     return argv + (["--neighbours"] if options.neighbours else [])
 
 
-def probe_host(ssh: Ssh, host: str, argv: list[str], source: str, timeout_s: float) -> Probe:
+def probe_host(ssh: Ssh, host: str, argv: list[str], source: str, timeout_s: float
+               ) -> HostProbe:
     sent = time.time()
     result = ssh.run(host, argv, stdin=source, timeout_s=timeout_s)
     received = time.time()
     facts, error = None, None
     if result.ok:
         facts, error = parse_facts(result.stdout)
-    return Probe(host, is_local(host), result, facts, error, sent, received)
+    return HostProbe(host, is_local(host), result, facts, error, sent, received)
 
 
 def parse_facts(stdout: str) -> tuple[Facts | None, str | None]:
@@ -105,18 +88,14 @@ def run(inventory: Inventory, options: Options, say: Say = lambda _: None) -> Ou
     with Ssh(connect_timeout_s=max(1, int(options.timeout_s * 0.6))) as ssh:
         say(f"probing {len(names)} host(s)")
         started = time.monotonic()
-        argv, source = probe_argv(names, options), PROBE_SOURCE.read_text()
+        argv, source = probe_argv(names, options), agents.source("host_probe")
         probes = {p.host: p for p in fan_out(
             names, lambda h: probe_host(ssh, h, argv, source, options.timeout_s))}
         facts = {h: p.facts for h, p in probes.items() if p.facts is not None}
         say(f"facts from {len(facts)} of {len(names)} host(s) in "
             f"{time.monotonic() - started:.1f} s")
-        for name in names:
-            p = probes[name]
-            results[name] += [ssh_checks.check_login(name, p.result, p.local, options.timeout_s),
-                              ssh_checks.check_probe(name, p.result, p.error)]
         slots = host_slots(inventory.hosts, facts)
-        choice = fact_checks(inventory, probes, facts, slots, results)
+        choice = host_checks(inventory, probes, facts, slots, options, results)
         matrices = active_tests(ssh, choice, slots, options, results, say)
     report = Report(
         hosts=tuple(HostReport(n, choice.addresses.get(n) or first_address(n, facts), slots[n],
@@ -132,41 +111,27 @@ def host_slots(hosts: tuple[Host, ...], facts: Mapping[str, Facts]) -> dict[str,
             (facts[h.name].default_slots if h.name in facts else 0) for h in hosts}
 
 
-def launcher(inventory: Inventory, probes: Mapping[str, Probe],
+def launcher(inventory: Inventory, probes: Mapping[str, HostProbe],
              facts: Mapping[str, Facts]) -> str | None:
     """The host whose software the others must match: this machine if listed, else the first."""
     order = [h for h in inventory.names if probes[h].local] + inventory.names
     return next((h for h in order if h in facts), None)
 
 
-def fact_checks(inventory: Inventory, probes: Mapping[str, Probe], facts: Mapping[str, Facts],
-                slots: Mapping[str, int], results: dict[str, list[CheckResult]]
-                ) -> InterfaceChoice:
+def host_checks(inventory: Inventory, probes: Mapping[str, HostProbe],
+                facts: Mapping[str, Facts], slots: Mapping[str, int], options: Options,
+                results: dict[str, list[CheckResult]]) -> InterfaceChoice:
+    """Every host family of the registry on every host; returns the interface chosen."""
     names = inventory.names
     resolved = {n: resolve.resolved_addresses(n, facts) for n in names}
     alone_here = len(names) == 1 and probes[names[0]].local
-    choice = interface.choose_interface(facts, resolved, names, loopback_ok=alone_here)
-    reference = launcher(inventory, probes, facts)
-    explicit = {h.name for h in inventory.hosts if h.slots is not None}
+    ctx = Context(probes, facts, choose_interface(facts, resolved, names, loopback_ok=alone_here),
+                  slots, frozenset(h.name for h in inventory.hosts if h.slots is not None),
+                  launcher(inventory, probes, facts), options.timeout_s)
     for name in names:
-        found = results[name]
-        if facts:
-            found.append(resolve.check_name(name, facts))
-        f = facts.get(name)
-        if f is None:
-            found += [skipped(i, "no facts from this host") for ids in FACT_IDS.values()
-                      for i in ids]
-            continue
-        p = probes[name]
-        found.append(resolve.check_loopback(name, f, len(names) > 1))
-        found.append(interface.check_summary(f))
-        found += interface.check_choice(name, choice, f)
-        found.append(software.check_versions(name, f, facts[reference], reference))
-        found += [resources.check_slots(name, slots[name], f, name in explicit),
-                  resources.check_memory(name, slots[name], f), resources.check_disk(name, f),
-                  resources.check_shm(name, f), resources.check_paths(name, f)]
-        found.append(clock.check_skew(name, f.time, p.sent, p.received))
-    return choice
+        for family in checks.HOST_FAMILIES:
+            results[name] += family.check(name, ctx)
+    return ctx.choice
 
 
 def healthy(names: list[str], results: Mapping[str, list[CheckResult]]) -> list[str]:
@@ -180,13 +145,13 @@ def active_tests(ssh: Ssh, choice: InterfaceChoice, slots: Mapping[str, int], op
     mesh_results = run_mesh_step(ssh, choice, ready, options, say)
     for name in names:
         results[name] += mesh_results.get(name) or [
-            skipped("mesh.tcp", "not run: failed earlier checks"),
-            skipped("mtu.path", "not run: failed earlier checks")]
+            skipped(mesh.CHECK_ID, "not run: failed earlier checks"),
+            skipped(mtu.CHECK_ID, "not run: failed earlier checks")]
     ready = [n for n in healthy(names, results) if n in choice.names]
     mpi_results, matrices = run_mpi_step(choice, ready, slots, options, say, ssh.reuse_args())
     for name in names:
         results[name] += mpi_results.get(name) or [
-            skipped("mpi.allreduce", "not run: failed earlier checks")]
+            skipped(mpi.ALLREDUCE, "not run: failed earlier checks")]
     return matrices
 
 
@@ -194,35 +159,35 @@ def run_mesh_step(ssh: Ssh, choice: InterfaceChoice, ready: list[str], options: 
                   say: Say) -> dict[str, list[CheckResult]]:
     if len(ready) < 2:
         why = "one host: nothing to test between hosts" if ready else "no healthy host"
-        return {n: [skipped("mesh.tcp", why), skipped("mtu.path", why)] for n in ready}
+        return {n: [skipped(mesh.CHECK_ID, why), skipped(mtu.CHECK_ID, why)] for n in ready}
     say(f"mesh and MTU test between {len(ready)} hosts on {choice.interface}")
     hosts = [mesh.MeshHost(n, choice.addresses[n], choice.names[n], choice.mtus[n])
              for n in ready]
     try:
-        found = mesh.run_mesh(ssh, hosts, python_for=lambda _host: options.python,
+        found = mesh_runner.run_mesh(ssh, hosts, python_for=lambda _host: options.python,
                               timeout_s=options.timeout_s)
     except Exception as exc:  # a bug in a test must not pass for a healthy network
-        return crashed(ready, "mesh.tcp", exc)
-    return {n: list(found.get(n) or [skipped("mesh.tcp", "no result")]) for n in ready}
+        return crashed(ready, mesh.CHECK_ID, exc)
+    return {n: list(found.get(n) or [skipped(mesh.CHECK_ID, "no result")]) for n in ready}
 
 
 def run_mpi_step(choice: InterfaceChoice, ready: list[str], slots: Mapping[str, int],
                  options: Options, say: Say, ssh_args: list[str]
                  ) -> tuple[dict[str, list[CheckResult]], dict]:
     if not options.mpi:
-        return {n: [skipped("mpi.allreduce", "skipped: --no-mpi")] for n in ready}, {}
+        return {n: [skipped(mpi.ALLREDUCE, "skipped: --no-mpi")] for n in ready}, {}
     if not ready:
         return {}, {}
     say(f"MPI allreduce over {len(ready)} host(s)")
     hosts = [mpi.MpiHost(n, choice.addresses[n], slots[n]) for n in ready]
     try:
-        found, matrices = mpi.run_mpi(hosts, choice.interface or "", choice.cidr or "",
+        found, matrices = mpi_runner.run_mpi(hosts, choice.interface or "", choice.cidr or "",
                                       options.python, bandwidth=options.bandwidth,
                                       timeout_s=max(30.0, 3 * options.timeout_s),
                                       ssh_args=ssh_args)
     except Exception as exc:
-        return crashed(ready, "mpi.allreduce", exc), {}
-    return {n: list(found.get(n) or [skipped("mpi.allreduce", "no result")])
+        return crashed(ready, mpi.ALLREDUCE, exc), {}
+    return {n: list(found.get(n) or [skipped(mpi.ALLREDUCE, "no result")])
             for n in ready}, dict(matrices or {})
 
 

@@ -13,36 +13,17 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TypeVar
+
+from . import proc
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 CONNECT_TIMEOUT_S = 5
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
-
-
-@dataclass(frozen=True)
-class RemoteResult:
-    host: str
-    returncode: int
-    stdout: str
-    stderr: str
-    elapsed_s: float
-    timed_out: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
-
-    @property
-    def ssh_failed(self) -> bool:
-        """ssh itself (not the remote command) failed: it exits 255 for that."""
-        return self.returncode == 255
 
 
 def is_local(host: str) -> bool:
@@ -78,28 +59,28 @@ class Ssh:
         return ["-o", "ControlMaster=no", "-o", f"ControlPath={self._control_dir}/%C"]
 
     def run(self, host: str, remote_argv: Sequence[str], *, stdin: str | None = None,
-            timeout_s: float = 30) -> RemoteResult:
-        """Runs argv on host (directly if the host is this machine); never raises on failure."""
-        local = is_local(host)
-        argv = list(remote_argv) if local else self.argv(host, remote_argv)
-        if not local:
-            self._hosts_used.add(host)
-        return run_argv(host, argv, stdin=stdin, timeout_s=timeout_s)
+            timeout_s: float = 30) -> proc.Ran:
+        """Runs argv on host (directly if the host is this machine); never raises on failure.
+        ssh exits 255 when ssh itself, not the remote command, failed."""
+        return proc.run(self._argv_for(host, remote_argv), timeout_s, stdin=stdin)
 
     def popen(self, host: str, remote_argv: Sequence[str]) -> subprocess.Popen:
         """A long-running remote process with pipes, for steps that talk back and forth."""
-        local = is_local(host)
-        argv = list(remote_argv) if local else self.argv(host, remote_argv)
-        if not local:
-            self._hosts_used.add(host)
-        return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, bufsize=1)
+        return subprocess.Popen(self._argv_for(host, remote_argv), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                bufsize=1)
+
+    def _argv_for(self, host: str, remote_argv: Sequence[str]) -> list[str]:
+        if is_local(host):
+            return list(remote_argv)
+        self._hosts_used.add(host)
+        return self.argv(host, remote_argv)
 
     def close(self) -> None:
         """Ends the shared connections and removes their sockets."""
         for host in self._hosts_used:
-            subprocess.run(["ssh", "-o", f"ControlPath={self._control_dir}/%C", "-O", "exit",
-                            "--", host], capture_output=True, timeout=5, check=False)
+            proc.run(["ssh", "-o", f"ControlPath={self._control_dir}/%C", "-O", "exit", "--",
+                      host], timeout_s=5)
         # A master removes its own socket as it exits, which may be while we list them.
         shutil.rmtree(self._control_dir, ignore_errors=True)
 
@@ -108,26 +89,6 @@ class Ssh:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def run_argv(host: str, argv: Sequence[str], *, stdin: str | None = None,
-             timeout_s: float = 30) -> RemoteResult:
-    start = time.monotonic()
-    try:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
-                              timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as exc:
-        return RemoteResult(host, -1, _text(exc.stdout), _text(exc.stderr),
-                            time.monotonic() - start, timed_out=True)
-    except FileNotFoundError as exc:
-        return RemoteResult(host, 127, "", str(exc), time.monotonic() - start)
-    return RemoteResult(host, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
-
-
-def _text(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    return data if isinstance(data, str) else data.decode(errors="replace")
 
 
 def fan_out(items: Iterable[T], fn: Callable[[T], R], max_workers: int = 32) -> list[R]:

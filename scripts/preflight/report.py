@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import __version__
+from . import __version__, checks
 from .errors import UserError
 from .inventory import hostfile_text as inventory_text
 from .result import HostReport, Report, Status
@@ -33,8 +33,7 @@ from .result import HostReport, Report, Status
 if TYPE_CHECKING:
     from .pipeline import Outcome
 
-FAMILIES = ("ssh", "resolve", "interface", "mesh", "mtu", "software", "resources", "clock",
-            "mpi")
+FAMILIES = checks.family_names()  # the table's columns, in the registry's order
 MARKS = {Status.PASS: ("✓", "green"), Status.WARN: ("!", "yellow"), Status.FAIL: ("✗", "red"),
          Status.SKIP: ("–", "dim"), None: ("–", "dim")}
 ASCII_MARKS = {"✓": "ok", "!": "!", "✗": "X", "–": "-"}

@@ -52,6 +52,11 @@ def skipped(check_id: str, detail: str) -> CheckResult:
     return CheckResult(check_id, Status.SKIP, detail)
 
 
+def no_facts(*check_ids: str) -> list[CheckResult]:
+    """The checks that need a host's own facts, skipped because its probe brought none."""
+    return [skipped(i, "no facts from this host") for i in check_ids]
+
+
 @dataclass(frozen=True)
 class HostReport:
     host: str

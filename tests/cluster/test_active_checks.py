@@ -29,14 +29,16 @@ import json, sys, time
 spec = json.loads(sys.argv[1])
 start = time.monotonic()
 if spec["kind"] == "mesh":
-    from preflight.checks.mesh import MeshHost, run_mesh
+    from preflight.active.mesh import run_mesh
+    from preflight.checks.mesh import MeshHost
     from preflight.remote import Ssh
     with Ssh() as ssh:
         results = run_mesh(ssh, [MeshHost(**h) for h in spec["hosts"]],
                            timeout_s=spec["timeout_s"])
     measured = {}
 else:
-    from preflight.checks.mpi import MpiHost, run_mpi
+    from preflight.active.mpi import run_mpi
+    from preflight.checks.mpi import MpiHost
     results, measured = run_mpi([MpiHost(**h) for h in spec["hosts"]], spec["interface"],
                                 spec["cidr"], sys.executable, bandwidth=spec["bandwidth"],
                                 timeout_s=spec["timeout_s"])

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from preflight import checks
 from preflight.checks import clock, resolve, resources, software
 from preflight.checks import ssh as ssh_checks
 from preflight.facts import Facts
-from preflight.remote import RemoteResult
+from preflight.proc import Ran
 from preflight.result import Status
 
 FACTS = Path(__file__).with_name("facts")
@@ -33,8 +34,8 @@ def cluster(**per_host) -> dict[str, Facts]:
     return {h: per_host.get(h) or facts(h) for h in HOSTS}
 
 
-def ssh_result(rc: int, stderr: str = "", timed_out: bool = False) -> RemoteResult:
-    return RemoteResult("h2", rc, "", stderr, 0.2, timed_out)
+def ssh_result(rc: int, stderr: str = "", timed_out: bool = False) -> Ran:
+    return Ran(("ssh", "h2"), rc, "", stderr, 0.2, "timeout" if timed_out else None)
 
 
 # --- ssh ---------------------------------------------------------------------------------------
@@ -254,14 +255,27 @@ def test_skew_detail_gives_the_uncertainty():
 
 # --- ids ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("module", ["ssh", "resolve", "interface", "software", "resources",
-                                    "clock"])
-def test_every_check_id_a_module_emits_is_documented_in_its_docstring(module):
-    import importlib
+README = Path(__file__).resolve().parents[2] / "README.md"
 
-    mod = importlib.import_module(f"preflight.checks.{module}")
+
+@pytest.mark.parametrize("mod", checks.FAMILIES, ids=lambda m: m.FAMILY)
+def test_every_check_id_a_family_emits_is_declared_and_documented(mod):
     source = Path(mod.__file__).read_text()
-    emitted = set(re.findall(rf'"({module}\.[a-z_]+)"', source))
-    assert emitted, module
-    for check_id in emitted:
-        assert f"`{check_id}`" in mod.__doc__, f"{check_id} is not documented in {module}"
+    emitted = set(re.findall(rf'"({mod.FAMILY}\.[a-z_]+)"', source))
+    assert emitted, mod.FAMILY
+    assert emitted == set(mod.IDS), f"{mod.FAMILY}: emits {emitted}, declares {mod.IDS}"
+    readme = README.read_text()
+    for check_id in mod.IDS:
+        assert f"`{check_id}`" in mod.__doc__, f"{check_id} is not documented in {mod.__name__}"
+        assert f"`{check_id}`" in readme, f"{check_id} is not in the README's table"
+
+
+def test_no_other_module_spells_out_a_check_id():
+    """Ids live in their family's module: elsewhere they are read from it."""
+    package = Path(checks.__file__).resolve().parents[1]
+    pattern = re.compile(r'"(' + "|".join(re.escape(i) for i in checks.all_ids()) + r')"')
+    family_files = {Path(m.__file__).resolve() for m in checks.FAMILIES}
+    spelled = [f"{path.relative_to(package)}: {m.group(1)}"
+               for path in package.rglob("*.py") if path.resolve() not in family_files
+               for m in pattern.finditer(path.read_text())]
+    assert not spelled, spelled

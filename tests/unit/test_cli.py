@@ -18,8 +18,8 @@ from preflight import pipeline
 from preflight.__main__ import main
 from preflight.checks.mesh import MeshHost
 from preflight.checks.mpi import MpiHost
-from preflight.facts import Facts
-from preflight.remote import RemoteResult
+from preflight.facts import Facts, HostProbe
+from preflight.proc import Ran
 from preflight.result import failed, passed
 
 FACTS = Path(__file__).with_name("facts")
@@ -143,8 +143,8 @@ def replay(monkeypatch, edit=None, mesh_fails: tuple[str, ...] = ()) -> dict:
         if edit:
             edit(host, raw)
         facts = Facts.from_dict(raw)
-        result = RemoteResult(host, 0, json.dumps(raw), "", 0.05)
-        return pipeline.Probe(host, host == "h1", result, facts, None, facts.time - 0.05,
+        result = Ran(("ssh", host), 0, json.dumps(raw), "", 0.05)
+        return HostProbe(host, host == "h1", result, facts, None, facts.time - 0.05,
                               facts.time + 0.05)
 
     def run_mesh(ssh, hosts, python_for=None, timeout_s=10):
@@ -158,8 +158,8 @@ def replay(monkeypatch, edit=None, mesh_fails: tuple[str, ...] = ()) -> dict:
         return {h.name: [passed("mpi.allreduce", "ok")] for h in hosts}, {"latency_us": []}
 
     monkeypatch.setattr(pipeline, "probe_host", probe_host)
-    monkeypatch.setattr(pipeline.mesh, "run_mesh", run_mesh)
-    monkeypatch.setattr(pipeline.mpi, "run_mpi", run_mpi)
+    monkeypatch.setattr(pipeline.mesh_runner, "run_mesh", run_mesh)
+    monkeypatch.setattr(pipeline.mpi_runner, "run_mpi", run_mpi)
     return calls
 
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from preflight.checks import interface
-from preflight.checks.interface import choose_interface
+from preflight.choice import choose_interface
 from preflight.facts import Facts
 from preflight.result import Status
 

@@ -8,16 +8,10 @@ import time
 
 import pytest
 
-from preflight.checks.mesh import (
-    MeshHost,
-    MeshOutcome,
-    Probe,
-    blame,
-    parse_event,
-    parse_probes,
-    run_mesh,
-    tcp_results,
-)
+from preflight.active.mesh import run_mesh
+from preflight.agents import parse_event
+from preflight.checks.blame import blame
+from preflight.checks.mesh import MeshHost, MeshOutcome, PeerProbe, parse_probes, tcp_results
 from preflight.checks.mtu import mtu_results, pair_mtus, usual_mtu
 from preflight.remote import Ssh
 from preflight.result import Status
@@ -30,20 +24,20 @@ def pair(a: str, b: str) -> frozenset[str]:
 
 
 def probe(src: str, dst: str, tcp: str = "ok", path_mtu: int | None = 1500,
-          mtu_ok: bool = True) -> Probe:
-    return Probe(src=src, dst=dst, tcp=tcp, port=41234, rtt_ms=0.1 if tcp == "ok" else None,
+          mtu_ok: bool = True) -> PeerProbe:
+    return PeerProbe(src=src, dst=dst, tcp=tcp, port=41234, rtt_ms=0.1 if tcp == "ok" else None,
                  mtu_ok=mtu_ok, path_mtu=path_mtu,
                  mtu_error="" if mtu_ok else "no echo at MTU 1500")
 
 
-def all_pairs(hosts=HOSTS, **overrides) -> list[Probe]:
-    """Every directed probe healthy, except those given as {(src, dst): Probe}."""
+def all_pairs(hosts=HOSTS, **overrides) -> list[PeerProbe]:
+    """Every directed probe healthy, except those given as {(src, dst): PeerProbe}."""
     probes = overrides.get("probes", {})
     return [probes.get((a.name, b.name), probe(a.name, b.name))
             for a in hosts for b in hosts if a is not b]
 
 
-def outcome(probes: list[Probe], hosts=HOSTS, not_started=None, mtus=None) -> MeshOutcome:
+def outcome(probes: list[PeerProbe], hosts=HOSTS, not_started=None, mtus=None) -> MeshOutcome:
     return MeshOutcome(tuple(hosts), not_started or {},
                        mtus or {h.name: h.mtu for h in hosts}, tuple(probes))
 
@@ -211,7 +205,7 @@ def test_an_agent_result_becomes_one_probe_per_peer():
         {"peer": "h3", "port": 40002, "tcp": "refused", "rtt_ms": None, "mtu_ok": False,
          "path_mtu": 1400, "mtu_error": "no echo at MTU 1500"}]})
     probes = parse_probes(parse_event(line))
-    assert probes[0] == Probe("h1", "h2", "ok", 40001, 0.2, True, 1500, "")
+    assert probes[0] == PeerProbe("h1", "h2", "ok", 40001, 0.2, True, 1500, "")
     assert probes[1].tcp == "refused" and not probes[1].tcp_ok and probes[1].path_mtu == 1400
 
 

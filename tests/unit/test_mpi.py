@@ -11,25 +11,27 @@ import time
 
 import pytest
 
+from preflight import proc
+from preflight.active.mpi import (
+    missing_tools,
+    mpirun_argv,
+    pair_wait_s,
+    rank_layout,
+    run_mpi,
+    will_hang,
+)
+from preflight.agents import parse_event
+from preflight.agents.mpi_probe import opener, partner, round_robin
 from preflight.checks.mpi import (
     MpiHost,
-    MpirunRun,
     ProbeOutput,
     explain_exit,
     launch_failure,
     map_results,
     measurements,
-    missing_tools,
-    mpirun_argv,
-    pair_wait_s,
-    parse_event,
     parse_output,
-    rank_layout,
-    run_bounded,
-    run_mpi,
-    will_hang,
 )
-from preflight.mpi_probe import opener, partner, round_robin
+from preflight.proc import Ran
 from preflight.result import Status
 
 HOSTS = [MpiHost(f"h{i}", f"10.231.0.{10 + i}", 2) for i in (1, 2, 3)]
@@ -37,9 +39,9 @@ LAYOUT = ["h1", "h2", "h3"]
 CIDR = "10.231.0.0/24"
 
 
-def a_run(**kwargs) -> MpirunRun:
+def a_run(**kwargs) -> Ran:
     fields = {"argv": ("mpirun",), "returncode": 0, "stdout": "", "stderr": "", "seconds": 1.5}
-    return MpirunRun(**{**fields, **kwargs})
+    return Ran(**{**fields, **kwargs})
 
 
 def pair(a: int, b: int, us: float, mbps: tuple[float, float] | None = None) -> dict:
@@ -194,7 +196,7 @@ def hung(done: list[dict], attempts: list[tuple[int, int]], started=(0, 1, 2),
          stuck: list[tuple[int, int]] = (), cut: list[tuple[int, int]] = ()) -> dict:
     out = ProbeOutput(started=frozenset(started), attempts=frozenset(attempts),
                       stuck=frozenset(stuck), cut=frozenset(cut), pairs=tuple(done))
-    run = a_run(returncode=-15, timed_out=True, seconds=17.2, limit_s=15)
+    run = a_run(returncode=-15, stopped="timeout", seconds=17.2, limit_s=15)
     return launch_failure(HOSTS, LAYOUT, run, out, "eth0", CIDR)
 
 
@@ -343,7 +345,7 @@ def test_a_hanging_mpirun_is_killed_with_its_ranks_at_the_timeout():
             "ob1", "--mca", "btl", "self,tcp", sys.executable, "-c",
             "import time; print('started', flush=True); time.sleep(300)  # preflight-hang-test"]
     start = time.monotonic()
-    run = run_bounded(argv, timeout_s=2)
+    run = proc.run(argv, timeout_s=2)
     assert run.timed_out
     assert time.monotonic() - start < 10
     assert eventually(lambda: subprocess.run(["pgrep", "-f", "preflight-hang-test"],
@@ -356,7 +358,7 @@ def test_a_run_that_reports_it_will_hang_is_stopped_early():
               "print(json.dumps({'event': 'done', 'rank': 1, 'peer': 0}), flush=True)\n"
               "time.sleep(300)\n")
     start = time.monotonic()
-    run = run_bounded([sys.executable, "-c", script], timeout_s=60, hopeless=will_hang(2))
+    run = proc.run([sys.executable, "-c", script], timeout_s=60, hopeless=will_hang(2))
     assert run.timed_out and run.gave_up
     assert time.monotonic() - start < 10
     assert parse_output(run.stdout).stuck == {(0, 1)}

@@ -1,23 +1,30 @@
-"""One module per family of checks; each check is a small function from facts to CheckResults.
+"""The verdicts: pure functions from what was seen to CheckResults, one module per family.
 
-Families and their modules: ssh, resolve, interface, software, resources, clock (this package,
-pure functions on probe facts) and mesh, mtu, mpi (active tests between hosts). Every id is
-listed with its meaning in its module's docstring.
+Each family module declares FAMILY (its name and column in the report), IDS (every id it emits,
+each documented in its docstring and in the README), STAGE and one entry point:
+- "host" families judge one host from the probes and facts: `check(host, ctx) -> [CheckResult]`
+  (ctx: checks.context.Context); the pipeline calls them in FAMILIES order.
+- "active" families judge what the runners in preflight/active/ saw between hosts (mesh.tcp,
+  mtu.path, mpi.*); their runners call them.
+This registry is the one list of families and ids: the pipeline, the report's columns and the
+documentation test read it. blame.py (who is to blame for failing pairs) is shared, not a family.
 """
 
 from __future__ import annotations
 
-import json
+from types import ModuleType
+
+from . import clock, interface, mesh, mpi, mtu, resolve, resources, software, ssh
+
+# In the report's column order.
+FAMILIES: tuple[ModuleType, ...] = (ssh, resolve, interface, mesh, mtu, software, resources,
+                                    clock, mpi)
+HOST_FAMILIES = tuple(f for f in FAMILIES if f.STAGE == "host")
 
 
-def parse_event(line: str) -> dict | None:
-    """One JSON event line from a remote agent (mesh, MPI); None for anything else: a login
-    banner, mpirun's own chatter."""
-    line = line.strip()
-    if not line.startswith("{"):
-        return None
-    try:
-        event = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) and "event" in event else None
+def family_names() -> tuple[str, ...]:
+    return tuple(f.FAMILY for f in FAMILIES)
+
+
+def all_ids() -> tuple[str, ...]:
+    return tuple(i for f in FAMILIES for i in f.IDS)

@@ -8,10 +8,22 @@ Ids:
 
 from __future__ import annotations
 
-from ..result import CheckResult, failed, passed, warned
+from ..result import CheckResult, failed, no_facts, passed, warned
+from .context import Context
+
+FAMILY = "clock"
+IDS = ("clock.skew",)
+STAGE = "host"
 
 WARN_S = 1.0
 FAIL_S = 60.0
+
+
+def check(host: str, ctx: Context) -> list[CheckResult]:
+    f, probe = ctx.facts.get(host), ctx.probes[host]
+    if f is None:
+        return no_facts(*IDS)
+    return [check_skew(host, f.time, probe.sent, probe.received)]
 
 
 def check_skew(host: str, remote_time: float, sent: float, received: float) -> CheckResult:

@@ -1,41 +1,42 @@
-"""mpi.allreduce, mpi.latency, mpi.bandwidth: the job's first collective, run for real.
+"""mpi.allreduce, mpi.latency, mpi.bandwidth: the verdicts on the job's first collective.
 
-mpirun starts one rank per host (preflight/mpi_probe.py) over the same transport the job will
-use: TCP on the chosen network only, no shared memory and no UCX, so what passes here is what
-Horovod meets. The probe times every pair of hosts, then runs a checked allreduce.
+active/mpi.py runs mpirun with one rank per host (agents/mpi_probe.py) over the same transport
+the job will use: TCP on the chosen network only, no shared memory and no UCX, so what passes
+here is what Horovod meets. The probe times every pair of hosts, then runs a checked allreduce;
+this module turns its output (or its absence) into results per host.
 
 The classic failure is not an error but a hang: a firewall drops MPI's connections to ports
-above 1024 and the allreduce waits forever. So mpirun runs in its own process group under a
-timeout, and is stopped sooner when the probe's output shows it must hang (every rank is past
-its pairs and one pair never connected). The pairs that never connected name the host.
+above 1024 and the allreduce waits forever. The pairs that never connected name the host.
+
+Ids:
+- `mpi.allreduce`: mpirun starts a rank on every host and an allreduce returns the right sum;
+  when it hangs, the host behind the pairs that never connected fails, the others that reached
+  every good host warn.
+- `mpi.latency`: half the round trip of 8 bytes per host pair; a pair far above the others
+  warns.
+- `mpi.bandwidth`: with --bandwidth, MB/s per direction of each pair; far below the others warns.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import os
-import shutil
-import signal
 import statistics
-import subprocess
-import sys
-import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-from preflight.checks import parse_event
-from preflight.checks.mesh import blame
-from preflight.mpi_probe import SKEW_S, opener, round_robin, slot_measure_s
-from preflight.result import CheckResult, failed, passed, skipped, warned
+from ..agents import parse_event
+from ..agents.mpi_probe import opener
+from ..proc import Ran
+from ..result import CheckResult, failed, passed, skipped, warned
+from .blame import blame
 
+FAMILY = "mpi"
 ALLREDUCE = "mpi.allreduce"
 LATENCY = "mpi.latency"
 BANDWIDTH = "mpi.bandwidth"
-PROBE_SOURCE = (Path(__file__).resolve().parent.parent / "mpi_probe.py").read_text()
+IDS = (ALLREDUCE, LATENCY, BANDWIDTH)
+STAGE = "active"
 MESSAGE_MIB = 8
 SLOW_LATENCY = 5.0  # a pair this many times the typical latency (and 250 us above it) is slow
 # The margin keeps scheduling noise on busy or shared cores (16 simulated hosts on 2 cores reach
@@ -43,11 +44,6 @@ SLOW_LATENCY = 5.0  # a pair this many times the typical latency (and 250 us abo
 SLOW_LATENCY_MARGIN_US = 250.0
 SLOW_BANDWIDTH = 8.0  # a pair this many times below the typical bandwidth is slow (a 1 Gb/s
 # link among 10 Gb/s ones is; the spread of a busy host is not)
-KILL_GRACE_S = 3.0
-HOPELESS_GRACE_S = 2.0  # a stuck pair may still connect late: give the collectives a moment
-WATCH_S = 0.1
-PAIR_SHARE = 0.7  # of the timeout, for the pair rounds; the rest is for launch and allreduce
-BTL_PORT_MIN = 1025
 
 
 @dataclass(frozen=True)
@@ -57,20 +53,6 @@ class MpiHost:
     name: str
     address: str
     slots: int
-
-
-@dataclass(frozen=True)
-class MpirunRun:
-    """What came back from one mpirun: exit status, output, and whether we had to kill it."""
-
-    argv: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-    timed_out: bool = False  # stopped by us: at the time limit, or as soon as it was hopeless
-    limit_s: float = 0.0
-    gave_up: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,180 +70,8 @@ class ProbeOutput:
     result: dict | None = None
 
 
-def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
-            bandwidth: bool = False, timeout_s: float = 60, ssh_args: Sequence[str] = ()
-            ) -> tuple[dict[str, list[CheckResult]], dict]:
-    """Per-host mpi.* results and the measurements ({"latency_us": {a: {b: us}}, ...}).
-    ssh_args: more options for mpirun's ssh (the preflight's shared connections)."""
-    if not hosts:
-        return {}, empty_measurements()
-    problem = missing_tools(python)
-    if problem is not None:
-        detail, remedy = problem
-        return {h.name: [failed(ALLREDUCE, detail, remedy)] for h in hosts}, empty_measurements()
-    layout = rank_layout(hosts)
-    argv = mpirun_argv(hosts, layout, cidr, python, bandwidth, ssh_args=ssh_args,
-                       pair_wait_s=pair_wait_s(timeout_s, len(layout), bandwidth))
-    run = run_bounded(argv, timeout_s, will_hang(len(layout)))
-    output = parse_output(run.stdout)
-    measured = measurements(output, layout)
-    if output.result is None:
-        return launch_failure(hosts, layout, run, output, interface, cidr), measured
-    return map_results(hosts, layout, output, run, interface, bandwidth), {
-        **measured, "ranks": layout, "allreduce": output.result.get("allreduce", {}),
-        "library": output.result.get("library"), "message_mib": output.result.get("message_mib"),
-        "seconds": round(run.seconds, 2)}
-
-
 def empty_measurements() -> dict:
     return {"latency_us": {}, "bandwidth_MBps": {}}
-
-
-# --- launching ----------------------------------------------------------------------------------
-
-def missing_tools(python: str) -> tuple[str, str] | None:
-    """(detail, remedy) when mpirun or mpi4py is not there to run the probe at all."""
-    if shutil.which("mpirun") is None:
-        return ("mpirun is not installed on this machine",
-                "install Open MPI and the venv: make setup")
-    if python == sys.executable:  # the usual case: ask this interpreter, start no other
-        if importlib.util.find_spec("mpi4py") is None:
-            return f"mpi4py is not installed in {python}", "install it: make setup"
-        return None
-    try:
-        proc = subprocess.run([python, "-c", "import mpi4py"], capture_output=True, text=True,
-                              timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot run {python}: {exc}", "create the venv: make setup"
-    if proc.returncode != 0:
-        return f"mpi4py is not installed in {python}", "install it: make setup"
-    return None
-
-
-def rank_layout(hosts: list[MpiHost]) -> list[str]:
-    """The host of each rank: one per host; two on a lone host with two slots, so that even
-    then the collective crosses the TCP transport between two processes."""
-    if len(hosts) == 1 and hosts[0].slots >= 2:
-        return [hosts[0].name] * 2
-    return [h.name for h in hosts]
-
-
-def mpirun_argv(hosts: list[MpiHost], layout: list[str], cidr: str, python: str,
-                bandwidth: bool, uid: int | None = None, pair_wait_s: float = 5.0,
-                ssh_args: Sequence[str] = ()) -> list[str]:
-    counts = {h.name: layout.count(h.name) for h in hosts}
-    argv = ["mpirun", "-np", str(len(layout)),
-            "-H", ",".join(f"{name}:{n}" for name, n in counts.items() if n),
-            "--map-by", "slot", "--bind-to", "none",
-            # TCP between all ranks, on the job's network only: no shared memory, no UCX (which
-            # would pick its own interfaces), and the same network for mpirun's own traffic.
-            "--mca", "pml", "ob1", "--mca", "btl", "self,tcp",
-            "--mca", "btl_tcp_if_include", cidr, "--mca", "oob_tcp_if_include", cidr,
-            # Open MPI listens at the first free port from 1024; with more ranks per host, or
-            # a port still in TIME_WAIT, that is 1025 and up. Starting there makes a firewall
-            # that spares only ports up to 1024 fail every time rather than now and then.
-            "--mca", "btl_tcp_port_min_v4", str(BTL_PORT_MIN),
-            # mpirun's ssh: never a prompt, and through the preflight's open connections when
-            # ssh_args say so. Every daemon then starts from here, not from a daemon (tree
-            # spawn) that has no such connection.
-            "--mca", "plm_rsh_args", " ".join(["-o BatchMode=yes -o ConnectTimeout=5",
-                                               *ssh_args])]
-    if ssh_args:
-        argv += ["--mca", "plm_rsh_no_tree_spawn", "1"]
-    if (os.geteuid() if uid is None else uid) == 0:
-        argv.append("--allow-run-as-root")
-    for name in ("PATH", "LD_LIBRARY_PATH"):
-        if os.environ.get(name):
-            argv += ["-x", name]
-    argv += [python, "-c", PROBE_SOURCE, "--size-mib", str(MESSAGE_MIB),
-             "--pair-wait-s", f"{pair_wait_s:g}"]
-    if bandwidth:
-        argv.append("--bandwidth")
-    return argv
-
-
-def pair_wait_s(timeout_s: float, ranks: int, bandwidth: bool = False) -> float:
-    """How long the opener of a pair waits for its first message to get through: the pair
-    rounds get most of the timeout, and each round's slot is this wait plus fixed parts. At
-    least 1.5 s (a SYN lost once is sent again after 1 s), at most 5 s (twice: after 3 s)."""
-    rounds = max(1, len(round_robin(ranks)))
-    share = timeout_s * PAIR_SHARE / rounds - SKEW_S - slot_measure_s(bandwidth)
-    return round(min(5.0, max(1.5, share)), 1)
-
-
-def run_bounded(argv: list[str], timeout_s: float,
-                hopeless: Callable[[str], bool] | None = None) -> MpirunRun:
-    """Runs mpirun in its own process group and stops the group when it outlives timeout_s,
-    or when hopeless(stdout so far) has held for a few seconds (the probe knows it will hang)."""
-    start = time.monotonic()
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-    except OSError as exc:
-        return MpirunRun(tuple(argv), 127, "", str(exc), 0.0)
-    out: list[str] = []
-    err: list[str] = []
-    readers = [threading.Thread(target=collect, args=(pipe, into), daemon=True)
-               for pipe, into in ((proc.stdout, out), (proc.stderr, err))]
-    for reader in readers:
-        reader.start()
-    stopped = watch(proc, start + timeout_s, lambda: hopeless is not None and hopeless(
-        "".join(out)))
-    for reader in readers:
-        reader.join(timeout=KILL_GRACE_S)
-    seconds = time.monotonic() - start
-    return MpirunRun(tuple(argv), proc.returncode, "".join(out), "".join(err), seconds,
-                     timed_out=stopped is not None,
-                     limit_s=timeout_s if stopped == "timeout" else 0.0,
-                     gave_up=stopped == "hopeless")
-
-
-def collect(pipe, into: list[str]) -> None:
-    for line in pipe:
-        into.append(line)
-
-
-def watch(proc: subprocess.Popen, deadline: float, hopeless: Callable[[], bool]) -> str | None:
-    """Waits for mpirun; None when it ended, else why it was stopped."""
-    hopeless_since = None
-    while proc.poll() is None:
-        now = time.monotonic()
-        if now >= deadline:
-            stop_group(proc)
-            return "timeout"
-        if not hopeless():
-            hopeless_since = None
-        elif hopeless_since is None:
-            hopeless_since = now
-        elif now - hopeless_since > HOPELESS_GRACE_S:
-            stop_group(proc)
-            return "hopeless"
-        time.sleep(WATCH_S)
-    return None
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """TERM first (mpirun then takes its remote daemons down), KILL what is left."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=KILL_GRACE_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def will_hang(ranks: int) -> Callable[[str], bool]:
-    """True once every rank has left all its pairs and one was stuck: the collectives that
-    follow need every connection, so they can only hang."""
-    def check(stdout: str) -> bool:
-        output = parse_output(stdout)
-        left = Counter(rank for rank, _ in output.left)
-        return bool(output.stuck) and all(left[r] >= ranks - 1 for r in range(ranks))
-    return check
 
 
 
@@ -282,7 +92,7 @@ def parse_output(stdout: str) -> ProbeOutput:
 
 # --- when no result came back -------------------------------------------------------------------
 
-def launch_failure(hosts: list[MpiHost], layout: list[str], run: MpirunRun,
+def launch_failure(hosts: list[MpiHost], layout: list[str], run: Ran,
                    output: ProbeOutput, interface: str, cidr: str
                    ) -> dict[str, list[CheckResult]]:
     if not run.timed_out:
@@ -367,7 +177,7 @@ def bystander_result(name: str, culprits: list[str], output: ProbeOutput, layout
                   f"fix {blamed} or leave it out, then run the preflight again")
 
 
-def explain_exit(run: MpirunRun) -> tuple[str, str]:
+def explain_exit(run: Ran) -> tuple[str, str]:
     text = run.stderr + run.stdout
     last = [line.strip() for line in text.splitlines() if line.strip() and "---" not in line]
     tail = "; ".join(last[-3:])[:300] or "no output"
@@ -387,7 +197,7 @@ def shown_command(argv: Iterable[str]) -> str:
     parts = list(argv)
     if "-c" in parts:
         at = parts.index("-c")
-        parts[at:at + 2] = ["scripts/preflight/mpi_probe.py"]
+        parts[at:at + 2] = ["scripts/preflight/agents/mpi_probe.py"]
     return " ".join(parts)
 
 
@@ -402,7 +212,7 @@ def measurements(output: ProbeOutput, layout: list[str]) -> dict:
             "bandwidth_MBps": pair_matrix(rates, layout, symmetric=False)}
 
 
-def map_results(hosts: list[MpiHost], layout: list[str], output: ProbeOutput, run: MpirunRun,
+def map_results(hosts: list[MpiHost], layout: list[str], output: ProbeOutput, run: Ran,
                 interface: str, bandwidth: bool) -> dict[str, list[CheckResult]]:
     measured = measurements(output, layout)
     latency, rates = measured["latency_us"], measured["bandwidth_MBps"]
@@ -431,7 +241,7 @@ def pair_matrix(rows: Iterable[list], layout: list[str], symmetric: bool
     return matrix
 
 
-def allreduce_result(result: dict, layout: list[str], run: MpirunRun) -> CheckResult:
+def allreduce_result(result: dict, layout: list[str], run: Ran) -> CheckResult:
     info = result.get("allreduce", {})
     hosts = ", ".join(dict.fromkeys(layout))
     what = (f"sum of ranks {info.get('sum_of_ranks')} (expected {info.get('expected')}), "

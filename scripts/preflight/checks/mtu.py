@@ -1,8 +1,12 @@
 """mtu.path: a full-sized packet with don't-fragment set crosses every path, both ways.
 
-The probes come from the mesh agents (see checks/mesh.py). A host whose MTU differs from the
-others breaks every path it is on while the small packets of ssh and ping get through, so
+The probes come from the mesh agents (active/mesh.py runs them). A host whose MTU differs from
+the others breaks every path it is on while the small packets of ssh and ping get through, so
 training starts and then stalls on the first large tensor; this check names that host.
+
+Ids:
+- `mtu.path`: a don't-fragment UDP echo at the interface MTU crosses from the host to every
+  other and back; the host whose MTU is the odd one out fails, no echo at all warns.
 """
 
 from __future__ import annotations
@@ -10,13 +14,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from preflight.checks.mesh import MeshHost, Probe, blame
-from preflight.result import CheckResult, failed, passed, skipped, warned
+from ..result import CheckResult, failed, passed, skipped, warned
+from .blame import blame
+from .mesh import MeshHost, PeerProbe
 
+FAMILY = "mtu"
 CHECK_ID = "mtu.path"
+IDS = (CHECK_ID,)
+STAGE = "active"
 
 
-def mtu_results(hosts: Iterable[MeshHost], mtus: Mapping[str, int], probes: Iterable[Probe],
+def mtu_results(hosts: Iterable[MeshHost], mtus: Mapping[str, int], probes: Iterable[PeerProbe],
                 not_started: Mapping[str, str]) -> dict[str, CheckResult]:
     """One mtu.path result per host from the agents' DF probes; mtus are the interfaces' MTUs."""
     hosts = list(hosts)
@@ -44,7 +52,7 @@ def mtu_results(hosts: Iterable[MeshHost], mtus: Mapping[str, int], probes: Iter
     return results
 
 
-def pair_mtus(probes: Iterable[Probe]) -> dict[frozenset[str], int | str | None]:
+def pair_mtus(probes: Iterable[PeerProbe]) -> dict[frozenset[str], int | str | None]:
     """Per host pair: None if full-size packets pass both ways, else the largest size that
     does, or "unknown" when nothing echoed at all (UDP filtered)."""
     pairs: dict[frozenset[str], int | str | None] = {}

@@ -14,9 +14,22 @@ import ipaddress
 from collections.abc import Mapping
 
 from ..facts import Facts, Resolution
-from ..result import CheckResult, failed, passed, skipped, warned
+from ..result import CheckResult, failed, no_facts, passed, skipped, warned
+from .context import Context
 
+FAMILY = "resolve"
+IDS = ("resolve.name", "resolve.loopback")
+STAGE = "host"
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
+
+
+def check(host: str, ctx: Context) -> list[CheckResult]:
+    # resolve.name needs the other hosts' facts, resolve.loopback the host's own.
+    found = [check_name(host, ctx.facts)] if ctx.facts else []
+    f = ctx.facts.get(host)
+    if f is None:
+        return found + no_facts("resolve.loopback")
+    return [*found, check_loopback(host, f, ctx.multi_host)]
 
 
 def check_name(host: str, facts: Mapping[str, Facts]) -> CheckResult:

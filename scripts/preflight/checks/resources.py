@@ -14,14 +14,29 @@ Ids:
 from __future__ import annotations
 
 from ..facts import Facts
-from ..result import CheckResult, failed, passed, warned
+from ..result import CheckResult, failed, no_facts, passed, warned
+from .context import Context
 
+FAMILY = "resources"
+IDS = ("resources.slots", "resources.memory", "resources.disk", "resources.shm",
+       "resources.paths")
+STAGE = "host"
 GiB = 1024**3
 MiB = 1024**2
 MEMORY_PER_SLOT_WARN = 1 * GiB
 DISK_WARN = 2 * GiB
 DISK_FAIL = 200 * MiB
 SHM_WARN = 256 * MiB
+
+
+def check(host: str, ctx: Context) -> list[CheckResult]:
+    f = ctx.facts.get(host)
+    if f is None:
+        return no_facts(*IDS)
+    slots = ctx.slots[host]
+    return [check_slots(host, slots, f, host in ctx.explicit_slots),
+            check_memory(host, slots, f), check_disk(host, f), check_shm(host, f),
+            check_paths(host, f)]
 
 
 def check_slots(host: str, slots: int, f: Facts, from_inventory: bool) -> CheckResult:

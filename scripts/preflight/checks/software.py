@@ -9,10 +9,21 @@ Ids:
 from __future__ import annotations
 
 from ..facts import Facts
-from ..result import CheckResult, failed, passed, warned
+from ..result import CheckResult, failed, no_facts, passed, warned
+from .context import Context
 
+FAMILY = "software"
+IDS = ("software.versions",)
+STAGE = "host"
 REQUIRED_BUILD = ("MPI", "Gloo")
 COMPARED_BUILD = ("TensorFlow", "MPI", "Gloo", "NCCL")
+
+
+def check(host: str, ctx: Context) -> list[CheckResult]:
+    f = ctx.facts.get(host)
+    if f is None or ctx.reference is None:
+        return no_facts(*IDS)
+    return [check_versions(host, f, ctx.facts[ctx.reference], ctx.reference)]
 
 
 def versions(f: Facts) -> dict[str, str | None]:

@@ -8,8 +8,14 @@ Ids:
 
 from __future__ import annotations
 
-from ..remote import RemoteResult
+from ..proc import Ran
 from ..result import CheckResult, failed, passed, skipped
+from .context import Context
+
+FAMILY = "ssh"
+IDS = ("ssh.login", "ssh.probe")
+STAGE = "host"
+SSH_FAILED = 255  # ssh's own exit status when ssh itself, not the remote command, failed
 
 # What ssh prints on stderr -> what it means and what to do about it. First match wins.
 _SSH_ERRORS: tuple[tuple[str, str, str], ...] = (
@@ -31,9 +37,15 @@ _SSH_ERRORS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def check_login(host: str, result: RemoteResult | None, local: bool,
+def check(host: str, ctx: Context) -> list[CheckResult]:
+    probe = ctx.probes[host]
+    return [check_login(host, probe.result, probe.local, ctx.timeout_s),
+            check_probe(host, probe.result, probe.error)]
+
+
+def check_login(host: str, result: Ran | None, local: bool,
                 timeout_s: float) -> CheckResult:
-    """ssh.login from the probe's RemoteResult (None: the probe was never sent)."""
+    """ssh.login from the probe's run (None: the probe was never sent)."""
     if local:
         return passed("ssh.login", "local, no ssh needed")
     if result is None:
@@ -42,9 +54,9 @@ def check_login(host: str, result: RemoteResult | None, local: bool,
         return failed("ssh.login", f"no answer from {host} within {timeout_s:g} s",
                       f"check that {host} is up and reachable: ping {host}; "
                       "check firewalls for port 22")
-    if result.ssh_failed:
+    if result.returncode == SSH_FAILED:
         return _login_failure(host, result.stderr)
-    return passed("ssh.login", f"key login in {result.elapsed_s:.2f} s")
+    return passed("ssh.login", f"key login in {result.seconds:.2f} s")
 
 
 def _login_failure(host: str, stderr: str) -> CheckResult:
@@ -56,9 +68,9 @@ def _login_failure(host: str, stderr: str) -> CheckResult:
                   f"run ssh -v {host} true by hand and fix what it reports")
 
 
-def check_probe(host: str, result: RemoteResult | None, error: str | None) -> CheckResult:
+def check_probe(host: str, result: Ran | None, error: str | None) -> CheckResult:
     """ssh.probe: the probe ran and its output parsed (error: why the output did not parse)."""
-    if result is None or result.ssh_failed or result.timed_out:
+    if result is None or result.returncode == SSH_FAILED or result.timed_out:
         return skipped("ssh.probe", "no ssh session")
     if result.returncode != 0:
         why = _last_line(result.stderr) or f"exit {result.returncode}"
@@ -70,7 +82,7 @@ def check_probe(host: str, result: RemoteResult | None, error: str | None) -> Ch
     if error:
         return failed("ssh.probe", f"unreadable probe output from {host}: {error}",
                       f"make sure the login shell on {host} prints nothing (check ~/.bashrc)")
-    return passed("ssh.probe", f"facts in {result.elapsed_s:.2f} s")
+    return passed("ssh.probe", f"facts in {result.seconds:.2f} s")
 
 
 def _last_line(text: str) -> str:

@@ -1,6 +1,6 @@
 """The MPI probe: one rank per host under mpirun, the same transport the training job will use.
 
-Run by checks/mpi.py as `mpirun ... python -c <this file> [--bandwidth]`, so it needs nothing on
+Run by active/mpi.py as `mpirun ... python -c <this file> [--bandwidth]`, so it needs nothing on
 the hosts but the venv's Python with mpi4py. It prints JSON lines:
 
   {"event": "init", "rank", "host"}         every rank, as soon as MPI is up

@@ -1,7 +1,7 @@
 """The mesh agent: runs on every host at once and tests TCP and the MTU to every other host.
 
 Standard library only: it is sent as `python -c <this file>` over ssh, so nothing needs to be
-installed on the host. It talks to the orchestrator (checks/mesh.py) in JSON lines:
+installed on the host. It talks to the runner (active/mesh.py) in JSON lines:
 
     agent -> {"event": "ready", "label", "tcp_port", "udp_port", "mtu"}
     orch  -> {"peers": [{"label", "address", "tcp_port", "udp_port", "mtu"}], "budget_s"}

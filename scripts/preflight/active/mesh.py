@@ -1,0 +1,156 @@
+"""Runs the mesh agents (agents/mesh_agent.py): one per host through one ssh session per host.
+
+The agents open listeners on ports above 1024 (where MPI and Gloo connect), learn each other's
+ports from here, then all probe all at once. What they saw goes to the verdicts of
+checks/mesh.py (mesh.tcp) and checks/mtu.py (mtu.path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from ..agents import parse_event, source
+from ..checks import mtu
+from ..checks.mesh import CHECK_ID, MeshHost, MeshOutcome, PeerProbe, parse_probes, tcp_results
+from ..remote import Ssh, fan_out
+from ..result import CheckResult, skipped
+
+AGENT_SOURCE = source("mesh_agent")
+# Runs the given interpreter, or python3 if that path is not there on the host.
+LAUNCHER = 'p="$1"; shift; [ -x "$p" ] || p=python3; exec "$p" "$@"'
+READY_SHARE = 0.5  # of the timeout, for every agent to start and report its ports
+RESULT_MARGIN_S = 1.0  # of the timeout, for the agents' results to come back
+
+
+def run_mesh(ssh: Ssh, hosts: list[MeshHost], python_for: Callable[[str], str] | None = None,
+             timeout_s: float = 10) -> dict[str, list[CheckResult]]:
+    """mesh.tcp and mtu.path for every host, from one all-to-all run bounded by timeout_s."""
+    if len(hosts) < 2:
+        return {h.name: [skipped(CHECK_ID, "one host: no mesh"),
+                         skipped(mtu.CHECK_ID, "one host: no mesh")] for h in hosts}
+    outcome = run_agents(ssh, hosts, python_for or (lambda _host: sys.executable), timeout_s)
+    tcp = tcp_results(outcome)
+    mtu_checks = mtu.mtu_results(outcome.hosts, outcome.mtus, outcome.probes, outcome.not_started)
+    return {h.name: [tcp[h.name], mtu_checks[h.name]] for h in hosts}
+
+
+class Agent:
+    """One agent process and the JSON lines it has printed so far."""
+
+    def __init__(self, host: MeshHost, proc: subprocess.Popen) -> None:
+        self.host = host
+        self.proc = proc
+        self.events: queue.Queue[dict] = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        for line in self.proc.stdout:
+            event = parse_event(line)
+            if event is not None:
+                self.events.put(event)
+        self.events.put({"event": "exit"})
+
+    def _read_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr.append(line.rstrip())
+
+    def wait_event(self, kind: str, deadline: float) -> dict | None:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self.events.get(timeout=left)
+            except queue.Empty:
+                return None
+            if event.get("event") == kind:
+                return event
+            if event.get("event") == "exit":
+                return None
+        return None
+
+    def send(self, line: str) -> None:
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError):  # the agent is gone; its missing answer says so
+            pass
+
+    def why_not(self, default: str) -> str:
+        lines = [line for line in self.stderr if line.strip()]
+        return lines[-1][:200] if lines else default
+
+    def stop(self) -> None:
+        self.send("done")
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def agent_argv(host: MeshHost, python: str, max_s: float) -> list[str]:
+    return ["sh", "-c", LAUNCHER, "sh", python, "-c", AGENT_SOURCE,
+            "--label", host.name, "--address", host.address, "--interface", host.interface,
+            "--mtu", str(host.mtu), "--max-s", str(int(max_s) + 30)]
+
+
+def launch(ssh: Ssh, host: MeshHost, python: str, timeout_s: float) -> Agent | str:
+    """The agent on host, or why it could not even be started (no ssh client, say)."""
+    try:
+        return Agent(host, ssh.popen(host.target, agent_argv(host, python, timeout_s)))
+    except OSError as exc:
+        return str(exc)
+
+
+def run_agents(ssh: Ssh, hosts: list[MeshHost], python_for: Callable[[str], str],
+               timeout_s: float) -> MeshOutcome:
+    """Both phases: all agents listen and report their ports, then all probe all."""
+    start = time.monotonic()
+    launched = fan_out(hosts, lambda h: launch(ssh, h, python_for(h.target), timeout_s))
+    agents = [a for a in launched if isinstance(a, Agent)]
+    not_started = {h.name: why for h, why in zip(hosts, launched) if isinstance(why, str)}
+    try:
+        # Phase 1 gets half the time: an ssh connection and a Python start on every host.
+        ready = dict(zip([a.host.name for a in agents], fan_out(
+            agents, lambda a: a.wait_event("ready", start + timeout_s * READY_SHARE))))
+        live = [a for a in agents if ready[a.host.name] is not None]
+        not_started.update({a.host.name: a.why_not(
+            f"no answer within {timeout_s * READY_SHARE:.0f}s (ssh or python failed)")
+            for a in agents if ready[a.host.name] is None})
+        results = probe_all(live, hosts, ready, start + timeout_s)
+    finally:
+        fan_out(agents, lambda a: a.stop())
+    probes: list[PeerProbe] = []
+    for agent, result in zip(live, results):
+        if result is None:
+            not_started[agent.host.name] = agent.why_not(f"no result within {timeout_s:.0f}s")
+        else:
+            probes.extend(parse_probes(result))
+    mtus = {name: int(event.get("mtu", 0)) for name, event in ready.items() if event}
+    return MeshOutcome(tuple(hosts), not_started, mtus, tuple(probes))
+
+
+def probe_all(live: list[Agent], hosts: list[MeshHost], ready: Mapping[str, dict | None],
+              deadline: float) -> list[dict | None]:
+    """Phase 2: each agent gets its peers and a time budget, and tests them all at once."""
+    budget_s = max(deadline - time.monotonic() - RESULT_MARGIN_S, 1.0)
+    for agent in live:
+        agent.send(json.dumps(peers_command(agent.host.name, hosts, ready, budget_s)))
+    return fan_out(live, lambda a: a.wait_event("result", deadline))
+
+
+def peers_command(name: str, hosts: list[MeshHost], ready: Mapping[str, dict | None],
+                  budget_s: float) -> dict:
+    peers = [{"label": h.name, "address": h.address, "tcp_port": ready[h.name]["tcp_port"],
+              "udp_port": ready[h.name]["udp_port"], "mtu": ready[h.name].get("mtu", h.mtu)}
+             for h in hosts if h.name != name and ready.get(h.name)]
+    return {"peers": peers, "budget_s": round(budget_s, 2)}
