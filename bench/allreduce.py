@@ -48,10 +48,11 @@ from common import (
     new_figure,
     ratio,
     save_figure,
-    stop_group,
     verdict,
     write_json,
 )
+
+from preflight.proc import stop_group
 
 if TYPE_CHECKING:
     from rich.console import Console

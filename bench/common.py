@@ -11,27 +11,27 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-# TERM, then KILL, a process group: the preflight's MPI check stops mpirun the same way.
-from preflight.checks.mpi import stop_group
+# The simulated cluster and the process runner: standard library only, light for the workers too.
+import simcluster
+from preflight.errors import UserError
+from preflight.proc import Ran, run
+from simcluster.settings import SUBNET
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("VENV") or ROOT / ".venv").resolve()  # make exports VENV
 PYTHON = str(VENV / "bin" / "python")
 HOROVODRUN = str(VENV / "bin" / "horovodrun")
-CLUSTER_SH = str(ROOT / "scripts" / "cluster.sh")
 RESULTS = ROOT / "bench" / "results"
 # Our own namespaces and state directory, so the test suite's 'hvsim' cluster (or another
 # helper's) is never touched, and ours never collides with theirs.
 PREFIX = os.environ.get("BENCH_PREFIX", "hvbench")
-CIDR = "10.231.0.0/24"  # scripts/cluster.sh puts host hN at 10.231.0.(10+N) on eth0
+CIDR = f"{SUBNET}.0/24"  # simcluster puts host hN at 10.231.0.(10+N) on eth0
 IFACE = "eth0"
 # The transport the preflight's MPI check and the job use: TCP on the cluster network only, for
 # MPI's data (btl) and for mpirun's own wiring (oob).
@@ -41,27 +41,8 @@ Say = Callable[[str], None]  # a progress line for the person waiting
 
 
 # --- running and timing commands -----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Timed:
-    """One command's wall time and output."""
-
-    argv: tuple[str, ...]
-    seconds: float
-    returncode: int
-    stdout: str
-    stderr: str
-    timed_out: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
-
-    def why(self) -> str:
-        """A short account of a failure, for the error a benchmark raises."""
-        tail = (self.stderr.strip() or self.stdout.strip()).splitlines()[-6:]
-        state = "timed out" if self.timed_out else f"exit {self.returncode}"
-        return f"{' '.join(self.argv[:8])} ... {state}:\n  " + "\n  ".join(tail)
+# One runner for the whole project (preflight.proc): its own process group, stopped whole on
+# timeout (mpirun and horovodrun leave children behind otherwise), and one result type.
 
 
 def job_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -76,21 +57,9 @@ def job_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def timed(argv: Sequence[str], timeout_s: float, env: Mapping[str, str] | None = None,
-          cwd: Path = ROOT) -> Timed:
-    """Runs argv in its own process group and times it; on timeout the whole group goes (mpirun
-    and horovodrun leave children behind otherwise)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(env or job_env()),
-                            cwd=cwd, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        stop_group(proc)
-        out, err = proc.communicate()
-        timed_out = True
-    return Timed(tuple(argv), time.perf_counter() - start, proc.returncode, out, err, timed_out)
+          cwd: Path = ROOT) -> Ran:
+    """Runs argv to its end or timeout_s and times it, with the job environment by default."""
+    return run(argv, timeout_s, env=dict(env or job_env()), cwd=cwd)
 
 
 def median(values: Iterable[float | None]) -> float | None:
@@ -122,17 +91,21 @@ def last_json_line(text: str) -> dict:
 
 @dataclass
 class Cluster:
-    """scripts/cluster.sh under our own prefix: `with Cluster(16) as c:` builds hosts h1..h16
-    and removes every namespace, sshd and ssh config block again on the way out, whatever
-    happened inside."""
+    """The simulated cluster (simcluster.Cluster) under our own prefix: `with Cluster(16) as c:`
+    builds hosts h1..h16 and removes every namespace, sshd and ssh config block again on the way
+    out, whatever happened inside (an error, Ctrl-C, a TERM turned into SystemExit)."""
 
     size: int
     prefix: str = PREFIX
 
+    @property
+    def sim(self) -> simcluster.Cluster:
+        # The prefix's own state directory (/tmp/<prefix>), whatever HVSIM_DIR says; quiet.
+        return simcluster.Cluster(self.prefix, log=lambda line: None)
+
     def env(self) -> dict[str, str]:
-        env = job_env({"HVSIM_PREFIX": self.prefix})
-        env.pop("HVSIM_DIR", None)  # cluster.sh's default: a state directory per prefix
-        return env
+        """The environment of commands run on the hosts."""
+        return job_env()
 
     def hosts(self, n: int) -> list[str]:
         if n > self.size:
@@ -141,27 +114,28 @@ class Cluster:
 
     def exec_argv(self, host: str, argv: Sequence[str]) -> list[str]:
         """argv run on a simulated host: its namespace, hostname and /etc/hosts."""
-        return [CLUSTER_SH, "exec", host, *argv]
+        return self.sim.exec_argv(host, argv)
 
     def run(self, host: str, argv: Sequence[str], timeout_s: float,
-            extra_env: Mapping[str, str] | None = None) -> Timed:
+            extra_env: Mapping[str, str] | None = None) -> Ran:
         return timed(self.exec_argv(host, argv), timeout_s, {**self.env(), **(extra_env or {})})
 
     def __enter__(self) -> Cluster:
-        result = timed([CLUSTER_SH, "up", str(self.size)], 300, self.env())
-        if not result.ok:
-            self.down()
-            raise RuntimeError(f"cluster.sh up {self.size} failed: {result.why()}")
+        try:
+            self.sim.up(self.size)  # removes what it built itself when it fails
+        except UserError as error:
+            raise RuntimeError(f"simcluster up {self.size} failed: {error}") from error
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.down()
 
     def down(self) -> None:
-        result = timed([CLUSTER_SH, "down"], 300, self.env())
-        if not result.ok:
-            print(f"bench: cluster.sh down failed; run HVSIM_PREFIX={self.prefix} "
-                  f"scripts/cluster.sh down\n{result.why()}", file=sys.stderr)
+        try:
+            self.sim.down()
+        except (UserError, OSError) as error:
+            print(f"bench: simcluster down failed ({error}); run: "
+                  f"sudo HVSIM_PREFIX={self.prefix} make cluster-down", file=sys.stderr)
 
 
 def host_list(hosts: Sequence[str], slots: int = 1) -> str:

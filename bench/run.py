@@ -8,7 +8,7 @@ a JSON file and a PNG plot each under bench/results/.
   allreduce  Horovod's allreduce bus bandwidth from 1 KiB to 64 MiB beside raw MPI's and one
              TCP stream's
 
-The cluster (scripts/cluster.sh, namespace prefix $BENCH_PREFIX, default hvbench) is built once,
+The cluster (scripts/simcluster, namespace prefix $BENCH_PREFIX, default hvbench) is built once,
 as large as the largest host count asked for, and removed at the end whatever happens: an error,
 Ctrl-C or a TERM signal. Needs root, as the cluster does.
 """
@@ -37,7 +37,7 @@ ALLREDUCE_RANKS = 2
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/run.py",
-        description="Benchmarks on a simulated cluster (scripts/cluster.sh, prefix "
+        description="Benchmarks on a simulated cluster (scripts/simcluster, prefix "
                     f"{PREFIX}; set BENCH_PREFIX to change it): what the preflight costs, what "
                     "Horovod costs per step, how close its allreduce gets to the link. Prints a "
                     f"table per benchmark and writes NAME.json and NAME.png to {RESULTS}. "
@@ -77,7 +77,7 @@ def host_counts(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma list of numbers") from None
     if not counts or counts[0] < 1 or counts[-1] > 32:
-        raise argparse.ArgumentTypeError("host counts go from 1 to 32 (scripts/cluster.sh)")
+        raise argparse.ArgumentTypeError("host counts go from 1 to 32 (simcluster)")
     return tuple(counts)
 
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     # Piped into a file or CI log, rich would wrap the tables at 80 columns.
     console = Console(width=None if sys.stdout.isatty() else 120)
     if os.geteuid() != 0:
-        console.print("bench: needs root (scripts/cluster.sh builds network namespaces); run: "
+        console.print("bench: needs root (simcluster builds network namespaces); run: "
                       "sudo make bench")
         return 2
     # A TERM (a CI job cancelled, timeout(1)) must unwind through the cluster's teardown.

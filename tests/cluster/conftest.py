@@ -1,10 +1,11 @@
-"""Fixtures for tests that need a simulated multi-host cluster (scripts/cluster.sh).
+"""Fixtures for tests that need a simulated multi-host cluster (scripts/simcluster).
 
 The session-scoped ``cluster`` fixture builds three hosts h1..h3 in network namespaces, each
 with its own sshd, hostname and /etc/hosts, plus some real-world noise: a Docker-like
 ``docker0`` bridge on every host, a second interface on h2, and Debian's ``127.0.1.1 h3`` line
 on h3. The cluster is torn down at the end of the session, also when tests fail or the run is
-interrupted.
+interrupted. It is the package's own ``simcluster.Cluster`` (built in this process, no script in
+between), with a few conveniences for tests.
 
 Needs root (network namespaces); without it every test using the fixture is skipped.
 """
@@ -15,86 +16,74 @@ import atexit
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "cluster.sh"
+SCRIPTS = ROOT / "scripts"
+if str(SCRIPTS) not in sys.path:  # the venv's editable install has it; a bare checkout may not
+    sys.path.insert(0, str(SCRIPTS))
+
+from preflight.errors import UserError  # noqa: E402
+from simcluster import Cluster, Settings, UpOptions  # noqa: E402
+
+# The command line as a person or a job script runs it (scripts/cluster.sh runs the same module).
+SCRIPT = SCRIPTS / "cluster.sh"
 UP_ARGS = ("up", "3", "--decoy-bridge", "all", "--second-if", "h2", "--debian-hosts", "h3")
+UP_OPTIONS = UpOptions.parse("3", decoy_bridge="all", second_if="h2", debian_hosts="h3")
 TIMEOUT_S = 180
 
 
-def run_cluster_sh(*args: str, env: dict[str, str] | None = None, check: bool = False,
-                   timeout: float = TIMEOUT_S, **kwargs) -> subprocess.CompletedProcess:
-    """Runs scripts/cluster.sh with ``args``, capturing text output unless told otherwise."""
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = TIMEOUT_S,
+        **kwargs) -> subprocess.CompletedProcess:
+    """Runs `python3 -m simcluster ARGS` (PYTHONPATH=scripts), capturing text output unless
+    told otherwise."""
     if "stdout" not in kwargs and "stderr" not in kwargs:
         kwargs.setdefault("capture_output", True)
     kwargs.setdefault("text", True)
-    return subprocess.run([str(SCRIPT), *args], env=env, check=check, timeout=timeout, **kwargs)
+    env = {**(os.environ if env is None else env), "PYTHONPATH": str(SCRIPTS)}
+    return subprocess.run([sys.executable, "-m", "simcluster", *args], env=env,
+                          timeout=timeout, **kwargs)
 
 
 def skip_unless_cluster_possible() -> None:
     """Skips the calling test when this machine cannot build the simulated cluster."""
     if os.geteuid() != 0:
-        pytest.skip("needs root: scripts/cluster.sh builds network namespaces "
+        pytest.skip("needs root: simcluster builds network namespaces "
                     "(run: sudo python3 -m pytest tests/cluster)")
     missing = [tool for tool in ("ip", "unshare", "nsenter", "ssh", "ssh-keygen", "iptables")
                if shutil.which(tool) is None]
     if not Path("/usr/sbin/sshd").exists():
         missing.append("/usr/sbin/sshd")
     if missing:
-        pytest.skip(f"scripts/cluster.sh needs {', '.join(missing)} (run: scripts/setup.sh)")
+        pytest.skip(f"simcluster needs {', '.join(missing)} (run: scripts/setup.sh)")
 
 
-@dataclass
-class Cluster:
-    """A running simulated cluster; ``exec`` and ``fault`` wrap the matching cluster.sh commands."""
+class SessionCluster(Cluster):
+    """simcluster.Cluster plus what tests want: the environment that names the cluster (for
+    commands that find it themselves), the command line against it, ssh between hosts, and a
+    60 s default timeout on `exec`."""
 
-    env: dict[str, str]
-    state_dir: Path
-    prefix: str = "hvsim"
-    script: Path = SCRIPT
-    up_args: tuple[str, ...] = UP_ARGS
-    hosts: list[str] = field(default_factory=list)
-    addresses: dict[str, str] = field(default_factory=dict)
-    interfaces: dict[str, str] = field(default_factory=dict)
+    script = SCRIPT
+    up_args = UP_ARGS
 
-    @classmethod
-    def from_state(cls, env: dict[str, str]) -> Cluster:
-        prefix = env.get("HVSIM_PREFIX") or "hvsim"
-        state_dir = Path(env.get("HVSIM_DIR") or f"/tmp/{prefix}")  # cluster.sh's defaults
-        cluster = cls(env=env, state_dir=state_dir, prefix=prefix)
-        # <state>/hosts has one 'NAME ADDRESS IFNAME' line per host.
-        for line in (state_dir / "hosts").read_text().splitlines():
-            name, address, ifname = line.split()
-            cluster.hosts.append(name)
-            cluster.addresses[name] = address
-            cluster.interfaces[name] = ifname
-        return cluster
+    def __init__(self, env: dict[str, str]) -> None:
+        settings = Settings.from_env(env)
+        super().__init__(settings.prefix, settings.state_dir)
+        self.env = env
 
     def run(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
-        """Runs ``cluster.sh ARGS`` against this cluster. An ``env`` given here is the command's
-        environment; the cluster's HVSIM_* variables are added to it so it finds this cluster."""
+        """Runs the command line with ``args`` against this cluster. An ``env`` given here is
+        the command's environment; the cluster's HVSIM_* variables are added to it."""
         env = dict(kwargs.pop("env", None) or self.env)
         env.update({k: v for k, v in self.env.items() if k.startswith("HVSIM_")})
-        return run_cluster_sh(*args, env=env, **kwargs)
+        return cli(*args, env=env, **kwargs)
 
     def exec(self, host: str, *argv: str, **kwargs) -> subprocess.CompletedProcess:
-        """Runs argv on ``host`` (its network namespace, /etc/hosts and hostname)."""
         kwargs.setdefault("timeout", 60)
-        return self.run("exec", host, *argv, **kwargs)
-
-    def fault(self, host: str, kind: str, state: str, value: str | int | None = None,
-              check: bool = True) -> subprocess.CompletedProcess:
-        """Turns a fault on or off; raises CalledProcessError on failure unless check=False."""
-        args = ["fault", host, kind, state] + ([] if value is None else [str(value)])
-        proc = self.run(*args)
-        if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout,
-                                                proc.stderr)
-        return proc
+        return super().exec(host, *argv, **kwargs)
 
     def ssh(self, src: str, dst: str, *command: str, **kwargs) -> subprocess.CompletedProcess:
         """ssh from ``src`` to ``dst`` in batch mode (never prompts), as mpirun does."""
@@ -104,7 +93,7 @@ class Cluster:
 @pytest.fixture(scope="session")
 def cluster():
     skip_unless_cluster_possible()
-    env = dict(os.environ)
+    session = SessionCluster(dict(os.environ))
     done = False
 
     def down() -> None:
@@ -112,18 +101,19 @@ def cluster():
         if done:
             return
         done = True
-        proc = run_cluster_sh("down", env=env)
-        if proc.returncode != 0:
-            print(f"cluster.sh down failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        try:
+            session.down()
+        except (UserError, OSError) as error:
+            print(f"simcluster down failed: {error}")
 
     # The finally below covers failures and Ctrl-C; atexit covers a session that dies without
     # running fixture teardown.
     atexit.register(down)
     try:
-        proc = run_cluster_sh(*UP_ARGS, env=env)
-        if proc.returncode != 0:
-            pytest.fail(f"cluster.sh {' '.join(UP_ARGS)} failed ({proc.returncode}):\n"
-                        f"{proc.stdout}{proc.stderr}", pytrace=False)
-        yield Cluster.from_state(env)
+        try:
+            session.up(UP_OPTIONS)
+        except UserError as error:
+            pytest.fail(f"simcluster {' '.join(UP_ARGS)} failed: {error}", pytrace=False)
+        yield session
     finally:
         down()

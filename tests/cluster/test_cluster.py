@@ -1,4 +1,5 @@
-"""Behaviour of the simulated cluster (scripts/cluster.sh): hosts, ssh, names and faults.
+"""Behaviour of the simulated cluster (scripts/simcluster): hosts, ssh, names and faults,
+through its Python API and its command line.
 
 All real: network namespaces, sshd, iptables. Needs root; see conftest.py.
 """
@@ -17,10 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from preflight.errors import UserError
+from simcluster import UpOptions, read_state
+
 pytestmark = pytest.mark.cluster
 
 PY = sys.executable
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cluster.sh"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+SCRIPT = SCRIPTS / "cluster.sh"  # a five-line shim that runs `python3 -m simcluster`
 CONNECT = ("import socket, sys\n"
            "socket.create_connection((sys.argv[1], int(sys.argv[2])), "
            "timeout=float(sys.argv[3])).close()\n")
@@ -206,36 +211,60 @@ BAD_INPUT = [
 def test_bad_input_exits_2_with_a_one_line_message(cluster, args, message):
     proc = cluster.run(*args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stderr.startswith("cluster.sh: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("simcluster: error: ") and proc.stderr.count("\n") == 1, (
+        proc.stderr)
     assert message in proc.stderr
     assert cluster.run("status").returncode == 0  # bad input never touches the running cluster
 
 
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """`python3 -m simcluster ARGS` as a user runs it, without a cluster fixture."""
+    return subprocess.run([PY, "-m", "simcluster", *args], capture_output=True, text=True,
+                          timeout=30, env={**os.environ, "PYTHONPATH": str(SCRIPTS)})
+
+
 def test_without_root_it_says_how_to_run_it_and_exits_1():
-    runuser = "/usr/sbin/runuser"
-    if not Path(runuser).exists() or subprocess.run(["id", "-u"], capture_output=True,
-                                                    text=True).stdout.strip() != "0":
-        pytest.skip("needs root and runuser to run cluster.sh as user nobody")
+    runuser, python = "/usr/sbin/runuser", "/usr/bin/python3"
+    if not Path(runuser).exists() or not Path(python).exists() or os.geteuid() != 0:
+        pytest.skip("needs root, runuser and the system python3 to run simcluster as nobody")
     # A copy where nobody may read it: the checkout may sit under a private directory (pytest's
-    # tmp_path for a new project is 0700), and the message must come from the script, not runuser.
+    # tmp_path for a new project is 0700), and the message must come from simcluster, not
+    # runuser. It runs with the system python3 and the standard library alone.
     with tempfile.TemporaryDirectory() as scratch:
         os.chmod(scratch, 0o755)
-        script = Path(scratch) / "cluster.sh"
-        shutil.copy2(SCRIPT, script)
-        proc = subprocess.run([runuser, "-u", "nobody", "--", str(script), "up", "3"],
+        copy = Path(scratch)
+        shutil.copytree(SCRIPTS / "simcluster", copy / "simcluster",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        (copy / "preflight").mkdir()
+        for name in ("__init__.py", "errors.py"):
+            shutil.copy2(SCRIPTS / "preflight" / name, copy / "preflight" / name)
+        shutil.copy2(SCRIPT, copy / "cluster.sh")
+        subprocess.run(["chmod", "-R", "a+rX", scratch], check=True)
+        as_nobody = [runuser, "-u", "nobody", "--", "env", f"PYTHONPATH={scratch}"]
+        module = subprocess.run([*as_nobody, python, "-m", "simcluster", "up", "3"], cwd=scratch,
+                                capture_output=True, text=True, timeout=30)
+        shim = subprocess.run([*as_nobody, str(copy / "cluster.sh"), "up", "3"], cwd=scratch,
                               capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 1
-    assert proc.stderr.strip() == ("cluster.sh: needs root (network namespaces); "
-                                   "run: sudo scripts/cluster.sh up N")
+    for proc in (module, shim):
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.strip() == ("simcluster: error: needs root (network namespaces); "
+                                       "run it as root, e.g.: sudo make cluster-up N=3")
 
 
 def test_help_documents_every_command_and_fault_kind():
-    proc = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
+    proc = cli("--help")
     assert proc.returncode == 0
     for word in ("up [N]", "down", "status", "hosts", "exec HOST CMD", "fault HOST KIND on|off",
                  "--decoy-bridge", "--second-if", "--debian-hosts", "--mtu", "--ifname",
                  "link", "loss", "delay", "sshd", "firewall", "mtu", "HVSIM_DIR", "HVSIM_PREFIX"):
         assert word in proc.stdout, word
+    shim = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
+    assert shim.returncode == 0 and shim.stdout == proc.stdout  # the README's command still works
+
+
+def test_no_command_prints_the_help_and_exits_2():
+    proc = cli()
+    assert proc.returncode == 2 and "fault HOST KIND on|off" in proc.stderr
 
 
 # --- faults -------------------------------------------------------------------------------------
@@ -243,45 +272,34 @@ def test_help_documents_every_command_and_fault_kind():
 def test_fault_link_cuts_the_host_off_then_restores_it(cluster):
     h2 = cluster.addresses["h2"]
     assert tcp_connects(cluster, "h1", h2, 22)
-    cluster.fault("h1", "link", "on")
-    try:
+    with cluster.fault("h1", "link"):
         assert "DOWN" in cluster.exec("h1", "ip", "-br", "link", "show", "eth0").stdout
         assert not tcp_connects(cluster, "h1", h2, 22)
         assert not tcp_connects(cluster, "h2", cluster.addresses["h1"], 22)
         assert "fault: h1 link on" in cluster.run("status").stdout
-    finally:
-        cluster.fault("h1", "link", "off")
     assert eventually(lambda: tcp_connects(cluster, "h1", h2, 22))
     assert "fault: h1 link" not in cluster.run("status").stdout
 
 
 def test_fault_sshd_refuses_ssh_then_accepts_it_again(cluster):
-    cluster.fault("h2", "sshd", "on")
-    try:
+    with cluster.fault("h2", "sshd"):
         proc = cluster.ssh("h1", "h2", "true")
         assert proc.returncode == 255 and "refused" in proc.stderr, proc.stderr
         assert cluster.exec("h2", "hostname").stdout.strip() == "h2"  # the host itself is fine
         assert re.search(r"^h2\s.*\sdown\b", cluster.run("status").stdout, re.M)
-    finally:
-        cluster.fault("h2", "sshd", "off")
     proc = cluster.ssh("h1", "h2", "hostname")
     assert proc.returncode == 0 and proc.stdout.strip() == "h2", proc.stderr
 
 
 def test_fault_firewall_blocks_high_ports_but_not_ssh(cluster):
     h2 = cluster.addresses["h2"]
-    listener = subprocess.Popen([str(cluster.script), "exec", "h2", PY, "-c", LISTEN,
-                                 str(HIGH_PORT)],
-                                env=cluster.env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+    listener = subprocess.Popen(cluster.exec_argv("h2", [PY, "-c", LISTEN, str(HIGH_PORT)]),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert eventually(lambda: tcp_connects(cluster, "h1", h2, HIGH_PORT), tries=50)
-        cluster.fault("h2", "firewall", "on")
-        try:
+        with cluster.fault("h2", "firewall"):
             assert not tcp_connects(cluster, "h1", h2, HIGH_PORT, timeout=1.0)
             assert cluster.ssh("h1", "h2", "true").returncode == 0  # ssh works: mpirun would hang
-        finally:
-            cluster.fault("h2", "firewall", "off")
         assert tcp_connects(cluster, "h1", h2, HIGH_PORT)
     finally:
         listener.kill()
@@ -290,12 +308,9 @@ def test_fault_firewall_blocks_high_ports_but_not_ssh(cluster):
 
 def test_fault_loss_drops_some_packets_then_none(cluster):
     h2 = cluster.addresses["h2"]
-    cluster.fault("h2", "loss", "on", 50)
-    try:
+    with cluster.fault("h2", "loss", value=50):
         # At 50% the chance that all 30 requests get through is 1e-9.
         assert ping_loss(cluster, "h1", h2, "-c", "30", "-i", "0.05") > 0
-    finally:
-        cluster.fault("h2", "loss", "off")
     assert ping_loss(cluster, "h1", h2, "-c", "10", "-i", "0.05") == 0
 
 
@@ -307,32 +322,31 @@ def test_fault_mtu_breaks_full_size_frames_then_recovers(cluster):
                             h3).returncode
 
     assert df_ping(1472) == 0  # 1472 + 28 bytes of headers = 1500
-    cluster.fault("h3", "mtu", "on", 1400)
-    try:
+    with cluster.fault("h3", "mtu", value=1400):
         assert "mtu 1400" in cluster.exec("h3", "ip", "link", "show", "eth0").stdout
         assert df_ping(1472) != 0  # dropped on arrival, silently, as a real mismatch does
         assert df_ping(1372) == 0
-    finally:
-        cluster.fault("h3", "mtu", "off")
     assert "mtu 1500" in cluster.exec("h3", "ip", "link", "show", "eth0").stdout
     assert df_ping(1472) == 0
 
 
 def test_fault_delay_uses_netem_or_says_the_kernel_lacks_it(cluster):
     h2 = cluster.addresses["h2"]
-    proc = cluster.fault("h2", "delay", "on", 100, check=False)
-    if proc.returncode == 3:
-        assert proc.stderr.strip() == ("cluster.sh: this kernel has no netem qdisc (sch_netem); "
-                                       "delay cannot be simulated")
+    fault = cluster.fault("h2", "delay", value=100, check=False)
+    if fault.returncode == 3:
+        assert str(fault.error) == ("this kernel has no netem qdisc (sch_netem); "
+                                    "delay cannot be simulated")
+        proc = cluster.run("fault", "h2", "delay", "on")
+        assert proc.returncode == 3
+        assert proc.stderr.strip() == ("simcluster: error: this kernel has no netem qdisc "
+                                       "(sch_netem); delay cannot be simulated")
         assert "delay" not in cluster.run("status").stdout
         return
-    try:
-        assert proc.returncode == 0, proc.stderr
+    with fault:
+        assert fault.returncode == 0, fault.error
         out = cluster.exec("h1", "ping", "-c", "3", "-i", "0.2", h2).stdout
         rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
         assert rtts and min(rtts) >= 90, out
-    finally:
-        cluster.fault("h2", "delay", "off")
 
 
 def test_fault_debian_hosts_adds_then_removes_the_loopback_line(cluster):
@@ -343,8 +357,7 @@ def test_fault_debian_hosts_adds_then_removes_the_loopback_line(cluster):
         return proc.stdout.split()[0]
 
     assert own_address(via_ssh=False) == "10.231.0.11"
-    cluster.fault("h1", "debian-hosts", "on")
-    try:
+    with cluster.fault("h1", "debian-hosts"):
         # Both new processes and sessions of the already running sshd see the change.
         assert own_address(via_ssh=False) == "127.0.1.1"
         assert own_address(via_ssh=True) == "127.0.1.1"
@@ -353,8 +366,6 @@ def test_fault_debian_hosts_adds_then_removes_the_loopback_line(cluster):
         assert hosts.count("127.0.1.1") == 1
         assert hosts.index("127.0.1.1") < hosts.index("10.231.0.11")
         assert "fault: h1 debian-hosts on" in cluster.run("status").stdout
-    finally:
-        cluster.fault("h1", "debian-hosts", "off")
     assert own_address(via_ssh=False) == "10.231.0.11"
     assert own_address(via_ssh=True) == "10.231.0.11"
 
@@ -372,8 +383,8 @@ def test_faults_are_idempotent_and_listed_in_status(cluster):
         return rules.count("hvsim-firewall")
 
     try:
-        cluster.fault("h2", "firewall", "on")
-        cluster.fault("h2", "firewall", "on")
+        for _ in range(2):
+            assert cluster.run("fault", "h2", "firewall", "on").returncode == 0
         cluster.fault("h2", "loss", "on", 10)
         cluster.fault("h2", "loss", "on", 20)
         assert firewall_rules() == 1
@@ -388,3 +399,30 @@ def test_faults_are_idempotent_and_listed_in_status(cluster):
     assert firewall_rules() == 0
     assert "hvsim-loss" not in cluster.exec("h2", "iptables", "-S", "INPUT").stdout
     assert "faults: none" in cluster.run("status").stdout
+
+
+def test_a_fault_in_a_with_block_is_turned_off_even_when_the_block_fails(cluster):
+    with pytest.raises(RuntimeError, match="inside"), cluster.fault("h2", "firewall"):
+        assert "fault: h2 firewall on" in cluster.run("status").stdout
+        raise RuntimeError("inside")
+    assert "faults: none" in cluster.run("status").stdout
+
+
+def test_state_json_records_the_hosts_options_and_faults(cluster):
+    state = read_state(cluster.settings)
+    assert state is not None and state.options == UpOptions.parse(
+        "3", decoy_bridge="all", second_if="h2", debian_hosts="h3")
+    assert [(h.name, h.address, h.ifname, h.namespace) for h in state.hosts] == [
+        (f"h{i}", f"10.231.0.1{i}", "eth0", f"{cluster.prefix}-h{i}") for i in (1, 2, 3)]
+    with cluster.fault("h3", "mtu", value=1400):
+        assert read_state(cluster.settings).faults == {"h3 mtu": "1400"}
+    assert read_state(cluster.settings).faults == {}
+
+
+def test_api_errors_are_user_errors_with_the_command_lines_exit_code(cluster):
+    with pytest.raises(UserError) as bad:
+        cluster.fault("h9", "link")
+    assert bad.value.code == 2 and "unknown host 'h9'" in str(bad.value)
+    with pytest.raises(UserError) as bad:
+        cluster.exec("h1")  # no command: nsenter would start a shell, waiting on stdin
+    assert bad.value.code == 2 and "exec needs a host and a command" in str(bad.value)

@@ -1,4 +1,4 @@
-"""`cluster.sh up` then `down` leaves the machine exactly as it found it.
+"""`simcluster up` then `down` leaves the machine exactly as it found it.
 
 These tests build their own clusters under a separate namespace prefix (HVSIM_PREFIX=hvlc) and
 state directory, so they never collide with the session cluster of test_cluster.py (prefix hvsim),
@@ -11,13 +11,17 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from simcluster import Cluster
+
 pytestmark = pytest.mark.cluster
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cluster.sh"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+CLI = (sys.executable, "-m", "simcluster")  # with PYTHONPATH=scripts, as the Makefile runs it
 PREFIX = "hvlc"
 OUR_NS = re.compile(rf"^{PREFIX}-(sw|h\d+)$")
 
@@ -25,16 +29,18 @@ OUR_NS = re.compile(rf"^{PREFIX}-(sw|h\d+)$")
 @pytest.fixture
 def lc_env(tmp_path):
     if os.geteuid() != 0:
-        pytest.skip("needs root: scripts/cluster.sh builds network namespaces "
+        pytest.skip("needs root: simcluster builds network namespaces "
                     "(run: sudo python3 -m pytest tests/cluster)")
-    env = {**os.environ, "HVSIM_PREFIX": PREFIX, "HVSIM_DIR": str(tmp_path / "state")}
+    env = {**os.environ, "HVSIM_PREFIX": PREFIX, "HVSIM_DIR": str(tmp_path / "state"),
+           "PYTHONPATH": str(SCRIPTS)}
     yield env
     # Whatever the test did, leave none of its cluster behind.
-    subprocess.run([str(SCRIPT), "down"], env=env, capture_output=True, timeout=120)
+    Cluster.from_env(env, log=lambda line: None).down()
 
 
-def cluster_sh(env, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True,
+def cli(env, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """The command line, as a user runs it."""
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -100,7 +106,7 @@ def test_up_8_then_down_leaves_the_machine_as_before(lc_env):
     before = snapshot(lc_env)
     assert before["our namespaces"] == [] and before["/etc/netns"] == []
     assert before["our processes"] == set() and not before["our ~/.ssh/config block"]
-    up = cluster_sh(lc_env, "up", "8", "--ifname", "h2=ens5", "--mtu", "h3=9000",
+    up = cli(lc_env, "up", "8", "--ifname", "h2=ens5", "--mtu", "h3=9000",
                     "--decoy-bridge", "h1,h8", "--second-if", "all")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -108,15 +114,15 @@ def test_up_8_then_down_leaves_the_machine_as_before(lc_env):
             [f"{PREFIX}-sw"] + [f"{PREFIX}-h{i}" for i in range(1, 9)])
         state = Path(lc_env["HVSIM_DIR"])
         assert any(f"{state}/h8/sshd_config" in p for p in processes(str(state)))
-        ssh = cluster_sh(lc_env, "exec", "h1", "ssh", "-o", "BatchMode=yes", "h8", "hostname")
+        ssh = cli(lc_env, "exec", "h1", "ssh", "-o", "BatchMode=yes", "h8", "hostname")
         assert ssh.returncode == 0 and ssh.stdout.strip() == "h8", ssh.stderr
-        ens5 = cluster_sh(lc_env, "exec", "h2", "ip", "-br", "addr", "show", "ens5").stdout
+        ens5 = cli(lc_env, "exec", "h2", "ip", "-br", "addr", "show", "ens5").stdout
         assert "10.231.0.12/24" in ens5
-        assert "mtu 9000" in cluster_sh(lc_env, "exec", "h3", "ip", "link", "show", "eth0").stdout
+        assert "mtu 9000" in cli(lc_env, "exec", "h3", "ip", "link", "show", "eth0").stdout
         assert f"# >>> {PREFIX} cluster (scripts/cluster.sh) >>>" in (ssh_config() or "")
         assert root_links() == before["root links"]
     finally:
-        down = cluster_sh(lc_env, "down")
+        down = cli(lc_env, "down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert_same(before, snapshot(lc_env))
     assert not Path(lc_env["HVSIM_DIR"]).exists()
@@ -124,20 +130,19 @@ def test_up_8_then_down_leaves_the_machine_as_before(lc_env):
 
 def test_down_cleans_up_after_a_crash_halfway(lc_env):
     before = snapshot(lc_env)
-    up = cluster_sh(lc_env, "up", "3")
+    up = cli(lc_env, "up", "3")
     assert up.returncode == 0, up.stdout + up.stderr
     state = Path(lc_env["HVSIM_DIR"])
     # Leave the mess a crash would: an sshd killed, the switch gone, state files half there,
     # and a stray process still running inside a host's namespace.
     os.kill(int((state / "h2" / "sshd.pid").read_text()), signal.SIGKILL)
     subprocess.run(["ip", "netns", "del", f"{PREFIX}-sw"], check=True)
-    (state / "hosts").unlink()
-    (state / "config").unlink()
+    (state / "state.json").unlink()
     stray = subprocess.Popen(["ip", "netns", "exec", f"{PREFIX}-h3", "sleep", "300"],
                              start_new_session=True)
     try:
-        assert cluster_sh(lc_env, "status").returncode == 1  # not a usable cluster any more
-        down = cluster_sh(lc_env, "down")
+        assert cli(lc_env, "status").returncode == 1  # not a usable cluster any more
+        down = cli(lc_env, "down")
         assert down.returncode == 0, down.stdout + down.stderr
         assert stray.wait(timeout=10) != 0  # killed by down
     finally:
@@ -149,7 +154,7 @@ def test_down_cleans_up_after_a_crash_halfway(lc_env):
 
 def test_interrupted_up_removes_what_it_built(lc_env):
     before = snapshot(lc_env)
-    proc = subprocess.Popen([str(SCRIPT), "up", "6"], env=lc_env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*CLI, "up", "6"], env=lc_env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     # Wait until building has started, then interrupt it.
     assert "building" in proc.stdout.readline()
@@ -165,21 +170,21 @@ def test_two_clusters_side_by_side_each_keep_their_own_ssh_and_go_down_in_either
     before = snapshot(lc_env)
     try:
         for env in (lc_env, other):
-            up = cluster_sh(env, "up", "2")
+            up = cli(env, "up", "2")
             assert up.returncode == 0, up.stdout + up.stderr
         config = ssh_config() or ""
         assert config.index(f"# >>> {PREFIX}b cluster") < config.index(f"# >>> {PREFIX} cluster")
         # Same host names in both, different keys: plain `ssh h2` (through ~/.ssh/config) must
         # pick each cluster's own key and known_hosts, whichever block comes first.
         for env in (lc_env, other):
-            ssh = cluster_sh(env, "exec", "h1", "ssh", "-o", "BatchMode=yes", "h2", "hostname")
+            ssh = cli(env, "exec", "h1", "ssh", "-o", "BatchMode=yes", "h2", "hostname")
             assert ssh.returncode == 0 and ssh.stdout.strip() == "h2", ssh.stderr
         # The cluster that came up first (and may have created ~/.ssh/config) goes down first.
-        assert cluster_sh(lc_env, "down").returncode == 0
-        ssh = cluster_sh(other, "exec", "h1", "ssh", "-o", "BatchMode=yes", "h2", "hostname")
+        assert cli(lc_env, "down").returncode == 0
+        ssh = cli(other, "exec", "h1", "ssh", "-o", "BatchMode=yes", "h2", "hostname")
         assert ssh.returncode == 0 and ssh.stdout.strip() == "h2", ssh.stderr
     finally:
-        down = cluster_sh(other, "down")
+        down = cli(other, "down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert f"# >>> {PREFIX}b cluster" not in (ssh_config() or "")
     assert not [ns for ns in namespaces() if re.match(rf"^{PREFIX}b-", ns)]
@@ -190,7 +195,7 @@ def test_up_refuses_a_state_directory_that_is_not_its_own(lc_env):
     state = Path(lc_env["HVSIM_DIR"])
     state.mkdir()
     (state / "precious.txt").write_text("not cluster state\n")
-    up = cluster_sh(lc_env, "up", "2")
+    up = cli(lc_env, "up", "2")
     assert up.returncode == 1
     assert "is not this cluster's (hvlc) state" in up.stderr
     assert (state / "precious.txt").read_text() == "not cluster state\n"
@@ -198,8 +203,8 @@ def test_up_refuses_a_state_directory_that_is_not_its_own(lc_env):
 
 
 def test_down_with_nothing_there_says_so(lc_env):
-    proc = cluster_sh(lc_env, "down")
+    proc = cli(lc_env, "down")
     assert proc.returncode == 0
     assert "nothing to remove" in proc.stdout
-    assert cluster_sh(lc_env, "status").returncode == 1
-    assert cluster_sh(lc_env, "hosts").returncode == 1
+    assert cli(lc_env, "status").returncode == 1
+    assert cli(lc_env, "hosts").returncode == 1

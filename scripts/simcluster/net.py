@@ -1,0 +1,135 @@
+"""The network: a switch namespace with bridge br0, one namespace per host wired to it by a veth
+pair, the decoy interfaces, and each host's /etc/hosts.
+
+Every link is created inside a namespace (`ip -n`, and `peer ... netns`), so no link ever
+appears in the root namespace, not even for a moment, and deleting the namespaces removes them
+all: nothing is ever added to the root namespace, no address, no route, no link.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .settings import SECOND_NET, Settings, host_address
+from .system import run, stop_pids
+
+
+def make_switch(settings: Settings) -> None:
+    ns = settings.switch_ns
+    run("ip", "netns", "add", ns)
+    run("ip", "-n", ns, "link", "add", "br0", "type", "bridge")
+    run("ip", "-n", ns, "link", "set", "br0", "up")
+
+
+def make_host_net(settings: Settings, index: int, ifname: str, mtu: int | None) -> None:
+    """Host hN: its namespace and a veth pair whose host end (eth0 or --ifname) carries the
+    address and whose other end is a port of br0."""
+    host, sw = f"h{index}", settings.switch_ns
+    ns = settings.host_ns(host)
+    run("ip", "netns", "add", ns)
+    run("ip", "-n", ns, "link", "set", "lo", "up")
+    run("ip", "-n", sw, "link", "add", f"port-{host}", "type", "veth",
+        "peer", "name", ifname, "netns", ns)
+    run("ip", "-n", sw, "link", "set", f"port-{host}", "master", "br0", "up")
+    run("ip", "-n", ns, "addr", "add", f"{host_address(index)}/24", "dev", ifname)
+    # Only the host end changes MTU, so a lower value is a real path MTU mismatch: bigger frames
+    # from the other hosts are dropped silently on arrival, as on a misconfigured network.
+    if mtu:
+        run("ip", "-n", ns, "link", "set", ifname, "mtu", str(mtu))
+    run("ip", "-n", ns, "link", "set", ifname, "up")
+
+
+def make_decoy_bridge(settings: Settings, host: str) -> None:
+    """Docker's bridge: the same 172.17.0.1/16 on every host, so interface detection that picks
+    "the interface all hosts share" picks the wrong one. A bridge without ports has no carrier,
+    so it gets a veth whose peer stays in the namespace, as a running container would give it."""
+    ns = settings.host_ns(host)
+    for argv in (("link", "add", "docker0", "type", "bridge"),
+                 ("addr", "add", "172.17.0.1/16", "dev", "docker0"),
+                 ("link", "add", "vethdk0a", "type", "veth", "peer", "name", "vethdk0b"),
+                 ("link", "set", "vethdk0a", "master", "docker0"),
+                 ("link", "set", "vethdk0a", "up"),
+                 ("link", "set", "vethdk0b", "up"),
+                 ("link", "set", "docker0", "up")):
+        run("ip", "-n", ns, *argv)
+
+
+def make_second_if(settings: Settings, index: int) -> None:
+    """A second NIC with a private address unique to the host and nothing behind it."""
+    ns = settings.host_ns(f"h{index}")
+    run("ip", "-n", ns, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1-peer")
+    run("ip", "-n", ns, "addr", "add", f"{SECOND_NET}.{index}.1/24", "dev", "eth1")
+    run("ip", "-n", ns, "link", "set", "eth1-peer", "up")
+    run("ip", "-n", ns, "link", "set", "eth1", "up")
+
+
+def write_hosts_file(settings: Settings, index: int, n: int, debian: bool) -> None:
+    """`ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts, so each host resolves
+    the others by name without the machine's /etc/hosts ever changing."""
+    lines = [settings.hosts_tag, "127.0.0.1\tlocalhost"]
+    if debian:
+        lines.append(f"127.0.1.1\th{index}")
+    lines += [f"{host_address(j)}\th{j}" for j in range(1, n + 1)]
+    lines.append("::1\tlocalhost ip6-localhost ip6-loopback")
+    path = settings.etc_dir(f"h{index}") / "hosts"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o644)
+
+
+def set_debian_line(path: Path, host: str, on: bool) -> None:
+    """Adds (or removes) Debian's '127.0.1.1 HOST' line right after '127.0.0.1 localhost'.
+    Rewritten in place (same inode): sshd and its sessions see /etc/hosts through a bind mount
+    of this very file, which a rename would leave pointing at the old content."""
+    out = []
+    for line in path.read_text().splitlines():
+        fields = line.split()
+        if fields[:1] == ["127.0.1.1"]:
+            continue
+        out.append(line)
+        if on and fields[:2] == ["127.0.0.1", "localhost"]:
+            out.append(f"127.0.1.1\t{host}")
+    with open(path, "w") as handle:  # truncates the same inode
+        handle.write("\n".join(out) + "\n")
+
+
+# --- finding and removing ---------------------------------------------------------------------
+
+def ns_exists(name: str) -> bool:
+    return Path("/run/netns", name).exists()
+
+
+def our_namespaces(settings: Settings) -> list[str]:
+    out = run("ip", "netns", "list", check=False).stdout
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return [n for n in names if settings.namespace_re.fullmatch(n)]
+
+
+def our_etc_dirs(settings: Settings) -> list[Path]:
+    found = Path("/etc/netns").glob(f"{settings.prefix}-*")
+    return sorted(p for p in found if p.is_dir() and settings.namespace_re.fullmatch(p.name))
+
+
+def kill_namespace_procs(namespaces: list[str]) -> None:
+    """Everything left in the namespaces (ssh sessions, orted, test listeners). A namespace is
+    only really gone when no process is left in it, hence the kill before the delete."""
+    pids = []
+    for ns in namespaces:
+        out = run("ip", "netns", "pids", ns, check=False).stdout
+        pids += [int(p) for p in out.split() if p.isdigit()]
+    stop_pids(pids)
+
+
+def delete_namespaces(namespaces: list[str]) -> list[str]:
+    kill_namespace_procs(namespaces)
+    return [f"deleted namespace {ns}" for ns in namespaces
+            if run("ip", "netns", "del", ns, check=False).returncode == 0]
+
+
+def remove_etc_dirs(settings: Settings) -> list[str]:
+    removed = []
+    for path in our_etc_dirs(settings):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(f"removed {path}")
+    return removed
