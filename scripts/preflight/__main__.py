@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bandwidth", action="store_true",
                    help="also measure the MPI bandwidth matrix (slower)")
     p.add_argument("--no-mpi", action="store_true", help="skip the MPI allreduce test")
+    p.add_argument("--elastic", action="store_true",
+                   help="check for an elastic (Gloo) job: two hosts with one hostname fail "
+                        "instead of warning")
     p.add_argument("--neighbours", action="store_true",
                    help="list each host's ARP/neighbour-table entries as candidate hosts "
                         "(reads the tables only; never sweeps a subnet)")
@@ -95,7 +98,8 @@ def run(argv: list[str] | None) -> int:
         out.width = max(out.width, report.PLAIN_WIDTH)
     progress = report.Progress(Console(stderr=True, highlight=False), quiet=args.quiet)
     options = pipeline.Options(timeout_s=args.timeout, bandwidth=args.bandwidth,
-                               mpi=not args.no_mpi, neighbours=args.neighbours)
+                               mpi=not args.no_mpi, neighbours=args.neighbours,
+                               elastic=args.elastic)
     with progress.running():
         outcome = pipeline.run(inventory, options, progress)
     outcome, note = report.write_outputs(outcome, args.hostfile, args.report, inventory.source)

@@ -69,6 +69,26 @@ class Neighbour:
 
 
 @dataclass(frozen=True)
+class FoundModule:
+    """Where `import NAME` loads a module from on the host, as the job's processes would."""
+
+    path: str
+    entry: str  # the sys.path entry that holds it
+    from_pythonpath: bool  # that entry came from the host's PYTHONPATH
+    version: str | None
+
+
+@dataclass(frozen=True)
+class MpiDaemon:
+    """Open MPI's remote daemon (orted) as a non-interactive ssh session finds it."""
+
+    name: str
+    path: str | None
+    runs: bool
+    error: str | None
+
+
+@dataclass(frozen=True)
 class Facts:
     hostname: str
     fqdn: str
@@ -95,6 +115,9 @@ class Facts:
     script: str
     script_exists: bool
     neighbours: tuple[Neighbour, ...] | None = None
+    modules: dict[str, FoundModule | None] | None = None  # None: an older probe's facts
+    mpi_daemon: MpiDaemon | None = None
+    pythonpath: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -102,6 +125,7 @@ class Facts:
         resolved = {name: Resolution(tuple(r.get("addresses") or ()), r.get("error"))
                     for name, r in (d.get("resolved") or {}).items()}
         neigh = d.get("neighbours")
+        modules, daemon = d.get("modules"), d.get("mpi_daemon")
         return cls(
             hostname=d["hostname"], fqdn=d.get("fqdn") or d["hostname"], time=float(d["time"]),
             python=d.get("python", ""), executable=d.get("executable", ""),
@@ -119,6 +143,10 @@ class Facts:
             neighbours=None if neigh is None else tuple(
                 Neighbour(n["address"], n.get("dev"), n.get("mac"), tuple(n.get("state") or ()))
                 for n in neigh),
+            modules=None if modules is None else {
+                name: FoundModule(**m) if m else None for name, m in modules.items()},
+            mpi_daemon=MpiDaemon(**daemon) if daemon else None,
+            pythonpath=d.get("pythonpath"),
             raw=d,
         )
 

@@ -38,6 +38,7 @@ class Options:
     bandwidth: bool = False
     mpi: bool = True
     neighbours: bool = False
+    elastic: bool = False  # the job runs over Gloo: host names must be unique
     python: str = sys.executable
     project: str = str(PROJECT_DIR)
     script: str = str(TRAIN_SCRIPT)
@@ -127,7 +128,8 @@ def host_checks(inventory: Inventory, probes: Mapping[str, HostProbe],
     alone_here = len(names) == 1 and probes[names[0]].local
     ctx = Context(probes, facts, choose_interface(facts, resolved, names, loopback_ok=alone_here),
                   slots, frozenset(h.name for h in inventory.hosts if h.slots is not None),
-                  launcher(inventory, probes, facts), options.timeout_s)
+                  launcher(inventory, probes, facts), options.timeout_s, mpi=options.mpi,
+                  strict_names=options.elastic or any(f.gpus for f in facts.values()))
     for name in names:
         for family in checks.HOST_FAMILIES:
             results[name] += family.check(name, ctx)

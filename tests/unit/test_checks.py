@@ -122,13 +122,58 @@ def test_own_loopback_view_does_not_fail_the_name_check():
     assert "10.231.0.13" in result.detail
 
 
-def test_name_that_does_not_resolve_on_one_host_fails_naming_that_host():
-    d = raw("h2")
-    d["resolved"]["h1"] = {"addresses": [], "error": "gaierror: Name or service not known"}
-    result = resolve.check_name("h1", cluster(h2=Facts.from_dict(d)))
+def unresolvable(observer: str, *names: str) -> Facts:
+    d = raw(observer)
+    for name in names:
+        d["resolved"][name] = {"addresses": [], "error": "gaierror: Name or service not known"}
+    return Facts.from_dict(d)
+
+
+def test_a_name_one_host_of_three_cannot_resolve_is_that_hosts_fault_not_the_names():
+    facts_now = cluster(h2=unresolvable("h2", "h1"))
+    name = resolve.check_name("h1", facts_now)
+    assert name.status is Status.PASS
+    assert "h2 cannot resolve it" in name.detail
+    peers = resolve.check_peers("h2", HOSTS, facts_now)
+    assert peers.status is Status.FAIL
+    assert peers.detail.startswith("h2 cannot resolve h1 (gaierror")
+    assert "/etc/hosts there" in peers.remedy and "h2" in peers.remedy
+    assert resolve.check_peers("h3", HOSTS, facts_now).status is Status.PASS
+
+
+def test_a_name_most_hosts_cannot_resolve_is_the_names_fault():
+    facts_now = cluster(h2=unresolvable("h2", "h1"), h3=unresolvable("h3", "h1"))
+    result = resolve.check_name("h1", facts_now)
     assert result.status is Status.FAIL
-    assert result.detail == "h1 does not resolve on h2"
-    assert "to /etc/hosts (or DNS) on h2" in result.remedy
+    assert result.detail == "h1 does not resolve on h2, h3"
+    assert "to /etc/hosts (or DNS) on h2, h3" in result.remedy
+    assert resolve.check_peers("h2", HOSTS, facts_now).status is Status.PASS
+
+
+def test_with_two_hosts_the_name_that_the_other_cannot_resolve_is_at_fault():
+    """The owner's own view does not vote: a lone peer that cannot resolve it outvotes it."""
+    facts_now = {"h1": unresolvable("h1", "h2"), "h2": facts("h2")}
+    assert resolve.check_name("h2", facts_now).status is Status.FAIL
+    assert resolve.check_peers("h1", ["h1", "h2"], facts_now).status is Status.PASS
+
+
+def test_two_hosts_with_one_hostname_warn_for_mpi_and_fail_for_gloo():
+    twins = cluster(h3=facts("h3", hostname="h2"))
+    warn = resolve.check_identity("h3", twins, strict=False)
+    assert warn.status is Status.WARN
+    assert warn.detail.startswith("h3 and h2 report the same hostname h2")
+    assert "hostnamectl set-hostname" in warn.remedy
+    assert resolve.check_identity("h2", twins, strict=True).status is Status.FAIL
+    assert resolve.check_identity("h1", twins, strict=True).status is Status.PASS
+
+
+def test_a_hostname_that_resolves_to_another_hosts_address_is_named():
+    d = raw("h3")
+    d["resolved"][d["hostname"]] = {"addresses": ["10.231.0.12"], "error": None}
+    result = resolve.check_identity("h3", cluster(h3=Facts.from_dict(d)), strict=True)
+    assert result.status is Status.FAIL
+    assert "resolves on h3 to 10.231.0.12, the address of h2" in result.detail
+    assert "/etc/hosts on h3" in result.remedy
 
 
 def test_name_resolving_differently_on_two_hosts_warns():
@@ -185,6 +230,64 @@ def test_missing_horovod_fails():
     result = software.check_versions("h1", Facts.from_dict(d), Facts.from_dict(d), "h1")
     assert result.status is Status.FAIL
     assert result.remedy == "run make setup on h1"
+
+
+def with_modules(host: str, **overrides) -> dict:
+    """Facts as the current probe reports them: where each module is imported from."""
+    d = raw(host)
+    site = f"{d['prefix']}/lib/python3.11/site-packages"
+    versions = {"tensorflow": "2.15.1", "horovod": "0.28.1", "mpi4py": "4.0.3"}
+    d["modules"] = {name: {"path": f"{site}/{name}", "entry": site, "from_pythonpath": False,
+                           "version": version} for name, version in versions.items()}
+    d["modules"]["tf_keras"] = None
+    d["modules"].update(overrides)
+    d["mpi_daemon"] = {"name": "orted", "path": "/usr/bin/orted", "runs": True, "error": None}
+    return d
+
+
+def test_horovod_shadowed_by_pythonpath_fails_naming_the_path():
+    shadow = {"path": "/opt/old/horovod", "entry": "/opt/old", "from_pythonpath": True,
+              "version": "0.19.0"}
+    d = with_modules("h2", horovod=shadow)
+    d["pythonpath"] = "/opt/old"
+    result = software.check_versions("h2", Facts.from_dict(d), Facts.from_dict(with_modules("h1")),
+                                     "h1")
+    assert result.status is Status.FAIL
+    assert "import horovod loads 0.19.0 from /opt/old/horovod" in result.detail
+    assert "instead of the 0.28.1 installed" in result.detail
+    assert "take /opt/old out of PYTHONPATH" in result.remedy
+
+
+def test_the_imported_version_counts_not_the_installed_metadata():
+    """A copy outside the venv that Python finds first is what the job runs."""
+    elsewhere = {"path": "/usr/lib/python3/dist-packages/mpi4py",
+                 "entry": "/usr/lib/python3/dist-packages", "from_pythonpath": False,
+                 "version": "3.1.4"}
+    d = with_modules("h2", mpi4py=elsewhere)
+    result = software.check_versions("h2", Facts.from_dict(d), Facts.from_dict(with_modules("h1")),
+                                     "h1")
+    assert result.status is Status.FAIL
+    assert ("mpi4py 3.1.4 (launcher h1: 4.0.3) from /usr/lib/python3/dist-packages/mpi4py"
+            in result.detail)
+
+
+def test_the_same_imports_everywhere_pass():
+    result = software.check_versions("h2", Facts.from_dict(with_modules("h2")),
+                                     Facts.from_dict(with_modules("h1")), "h1")
+    assert result.status is Status.PASS
+
+
+def test_an_orted_that_does_not_start_fails_for_mpi_and_warns_for_gloo():
+    d = with_modules("h2")
+    d["mpi_daemon"] = {"name": "orted", "path": "/usr/bin/orted", "runs": False,
+                       "error": "exit 1"}
+    f = Facts.from_dict(d)
+    fail = software.check_orted("h2", f, local=False, mpi=True)
+    assert fail.status is Status.FAIL
+    assert fail.detail.startswith("/usr/bin/orted does not start on h2 over non-interactive ssh")
+    assert "ssh h2 orted --help" in fail.remedy
+    assert software.check_orted("h2", f, local=False, mpi=False).status is Status.WARN
+    assert software.check_orted("h2", f, local=True, mpi=True).status is Status.PASS
 
 
 def test_unknown_horovod_build_warns():

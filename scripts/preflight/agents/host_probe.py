@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,14 @@ import threading
 import time
 
 PACKAGES = ("tensorflow", "tensorflow-cpu", "horovod", "mpi4py", "numpy", "keras")
+# What the training imports, by import name: where each is found on this sys.path (the host's
+# PYTHONPATH included, as for the job's processes) and which version that copy is.
+MODULES = ("tensorflow", "horovod", "mpi4py", "tf_keras")
+VERSION_RE = re.compile(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", re.M)
+# Open MPI's remote daemon (orted up to 4.x, prted from 5.0), which mpirun starts over ssh; its
+# usage text names its runtime, which tells it from a stand-in that merely exits.
+DAEMONS = ("orted", "prted")
+DAEMON_MARKS = ("OpenRTE", "PRRTE", "PRTE")
 RESOLVE_DEADLINE_S = 2.0
 COMMAND_TIMEOUT_S = 3.0
 BUILD_FILE = "horovod-build.txt"
@@ -80,6 +89,78 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def found_modules() -> dict[str, dict | None]:
+    """For each of MODULES, where `import NAME` would load it from and that copy's version,
+    without importing it (TensorFlow takes seconds); None where it is not found."""
+    import importlib.util
+
+    pythonpath = {os.path.realpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                  if p}
+    entries = [os.path.realpath(e or os.getcwd()) for e in sys.path]
+    found: dict[str, dict | None] = {}
+    for name in MODULES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not (spec.origin or spec.submodule_search_locations):
+            found[name] = None
+            continue
+        where = os.path.realpath(list(spec.submodule_search_locations or [])[0]
+                                 if spec.submodule_search_locations else spec.origin)
+        entry = max((e for e in entries if where.startswith(e + os.sep)), key=len, default="")
+        found[name] = {"path": where, "entry": entry, "from_pythonpath": entry in pythonpath,
+                       "version": version_in(entry, name) or version_of_source(where)}
+    return found
+
+
+def version_in(entry: str, name: str) -> str | None:
+    """The version of the distribution installed in sys.path entry `entry` that provides the
+    import name `name` (tensorflow-cpu provides tensorflow)."""
+    from importlib import metadata
+
+    if not entry:
+        return None
+    for dist in metadata.distributions(path=[entry]):
+        tops = (dist.read_text("top_level.txt") or "").split()
+        dist_name = (dist.metadata["Name"] or "").lower().replace("-", "_")
+        if name in tops or dist_name == name:
+            return dist.version
+    return None
+
+
+def version_of_source(where: str) -> str | None:
+    """__version__ as written in the package's __init__.py (a copy without metadata)."""
+    init = os.path.join(where, "__init__.py") if os.path.isdir(where) else where
+    try:
+        with open(init, encoding="utf-8", errors="replace") as fh:
+            match = VERSION_RE.search(fh.read(16384))
+    except OSError:
+        return None
+    return match.group(1) if match else None
+
+
+def mpi_daemon() -> dict:
+    """Open MPI's remote daemon as a non-interactive ssh session finds it on PATH, and whether
+    it starts: mpirun on another host starts it this way, and fails for every host when it
+    cannot."""
+    for name in DAEMONS:
+        path = shutil.which(name)
+        if path is None:
+            continue
+        try:
+            proc = subprocess.run([path, "--help"], capture_output=True, text=True,
+                                  timeout=COMMAND_TIMEOUT_S, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return {"name": name, "path": path, "runs": False, "error": str(exc)}
+        text = proc.stdout + proc.stderr
+        runs = any(mark in text for mark in DAEMON_MARKS)
+        return {"name": name, "path": path, "runs": runs,
+                "error": None if runs else (first_line(text) or f"exit {proc.returncode}")}
+    return {"name": DAEMONS[0], "path": None, "runs": False,
+            "error": f"none of {', '.join(DAEMONS)} on PATH={os.environ.get('PATH', '')}"}
 
 
 def horovod_build() -> dict[str, bool] | None:
@@ -271,6 +352,8 @@ def probe(args: argparse.Namespace) -> dict:
     lookups = {name: in_background(resolve, name) for name in names}
     fqdn = in_background(socket.getfqdn)
     mpirun = in_background(run_command, ["mpirun", "--version"])
+    daemon = in_background(mpi_daemon)
+    modules = in_background(found_modules)
     gpus = in_background(gpu_count)
     neigh = in_background(neighbours) if args.neighbours else None
     physical, logical = cores()
@@ -307,6 +390,9 @@ def probe(args: argparse.Namespace) -> dict:
         facts["resolved"][name] = {"addresses": value or [], "error": error}
     facts["fqdn"] = fqdn(deadline)[0] or hostname
     facts["mpirun"] = first_line(mpirun(deadline)[0])
+    facts["mpi_daemon"] = daemon(deadline)[0]
+    facts["modules"] = modules(deadline)[0]
+    facts["pythonpath"] = os.environ.get("PYTHONPATH") or None
     facts["gpus"] = gpus(deadline)[0]
     facts["neighbours"] = neigh(deadline)[0] if neigh else None
     facts["time"] = time.time()  # last, so it sits inside the launcher's request window

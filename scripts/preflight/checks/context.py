@@ -19,6 +19,8 @@ class Context:
     explicit_slots: frozenset[str]  # hosts whose slots the inventory gave
     reference: str | None  # the launcher: this machine if listed, else the first with facts
     timeout_s: float
+    mpi: bool = True  # the job (and the MPI check) runs over MPI
+    strict_names: bool = False  # Gloo (elastic) or NCCL: ranks are grouped by host name
 
     @property
     def multi_host(self) -> bool:

@@ -1,29 +1,56 @@
-"""Does every host run the same software as the launcher, and was Horovod built right.
+"""Does every host run the same software as the launcher, as the job will load it.
+
+The host probe runs over the same non-interactive ssh as the launch, so it sees the same PATH
+and PYTHONPATH: it reports where `import horovod` (tensorflow, mpi4py, tf_keras) would load
+from and that copy's version, not just the installed package metadata, which a PYTHONPATH entry
+shadows unseen.
 
 Ids:
-- `software.versions`: Python (major.minor), TensorFlow, Horovod and its build (MPI, Gloo, NCCL),
-  mpi4py and the MPI library agree with the launching host; Horovod is installed and built with
-  MPI and Gloo.
+- `software.versions`: Python (major.minor), TensorFlow, tf_keras, Horovod and its build (MPI,
+  Gloo, NCCL), mpi4py and the MPI library agree with the launching host, as imported; Horovod is
+  installed and built with MPI and Gloo; no PYTHONPATH entry shadows the venv's copy with
+  another version.
+- `software.orted`: Open MPI's remote daemon (`orted`) is on the host's non-interactive PATH and
+  starts, so mpirun from the launcher can start the host's ranks. The launcher itself needs none.
 """
 
 from __future__ import annotations
 
-from ..facts import Facts
-from ..result import CheckResult, failed, no_facts, passed, warned
+from ..facts import Facts, FoundModule
+from ..result import CheckResult, failed, no_facts, passed, skipped, warned
 from .context import Context
 
 FAMILY = "software"
-IDS = ("software.versions",)
+VERSIONS = "software.versions"
+ORTED = "software.orted"
+IDS = (VERSIONS, ORTED)
 STAGE = "host"
 REQUIRED_BUILD = ("MPI", "Gloo")
 COMPARED_BUILD = ("TensorFlow", "MPI", "Gloo", "NCCL")
+# Import name -> the name in messages, and the package metadata names to fall back on (facts
+# from a probe that did not look at imports).
+IMPORTED = {"tensorflow": ("TensorFlow", ("tensorflow", "tensorflow-cpu")),
+            "tf_keras": ("tf_keras", ("tf_keras", "tf-keras")),
+            "horovod": ("Horovod", ("horovod",)),
+            "mpi4py": ("mpi4py", ("mpi4py",))}
 
 
 def check(host: str, ctx: Context) -> list[CheckResult]:
     f = ctx.facts.get(host)
     if f is None or ctx.reference is None:
         return no_facts(*IDS)
-    return [check_versions(host, f, ctx.facts[ctx.reference], ctx.reference)]
+    return [check_versions(host, f, ctx.facts[ctx.reference], ctx.reference),
+            check_orted(host, f, ctx.probes[host].local, ctx.mpi)]
+
+
+def imported(f: Facts, name: str) -> str | None:
+    """The version `import name` loads on the host (installed metadata for older facts)."""
+    found = f.modules.get(name) if f.modules is not None else None
+    if found is not None:
+        return found.version or "unknown version"
+    if f.modules is not None and name in f.modules:
+        return None  # looked for, not found
+    return next((f.packages[p] for p in IMPORTED[name][1] if f.packages.get(p)), None)
 
 
 def versions(f: Facts) -> dict[str, str | None]:
@@ -32,35 +59,88 @@ def versions(f: Facts) -> dict[str, str | None]:
     built = ",".join(p for p in COMPARED_BUILD if build.get(p)) if f.horovod_build else None
     return {
         "Python": ".".join(f.python.split(".")[:2]) or None,
-        "TensorFlow": f.tensorflow,
-        "Horovod": f.packages.get("horovod"),
+        "TensorFlow": imported(f, "tensorflow"),
+        "tf_keras": imported(f, "tf_keras"),
+        "Horovod": imported(f, "horovod"),
         "Horovod build": built,
-        "mpi4py": f.packages.get("mpi4py"),
+        "mpi4py": imported(f, "mpi4py"),
         "MPI": f.mpirun,
     }
 
 
+def shadowed(f: Facts) -> list[tuple[str, FoundModule, str]]:
+    """(import name, the copy found, the venv's version) where a PYTHONPATH entry puts another
+    version ahead of the one installed in the host's Python."""
+    found = []
+    for name, module in (f.modules or {}).items():
+        installed = next((f.packages[p] for p in IMPORTED[name][1] if f.packages.get(p)), None)
+        if module and module.from_pythonpath and installed and module.version != installed:
+            found.append((name, module, installed))
+    return found
+
+
 def check_versions(host: str, f: Facts, reference: Facts, reference_host: str) -> CheckResult:
     """software.versions for `host` against the launcher's facts."""
-    mine, theirs = versions(f), versions(reference)
     remedy = f"run make setup on {host}"
+    shadows = shadowed(f)
+    if shadows:
+        return shadow_failure(host, f, shadows)
+    mine, theirs = versions(f), versions(reference)
     if not mine["Horovod"]:
-        return failed("software.versions", f"Horovod is not installed for {f.executable}",
-                      remedy)
+        return failed(VERSIONS, f"Horovod is not installed for {f.executable}", remedy)
     if f.horovod_build is not None:
         missing = [p for p in REQUIRED_BUILD if not f.horovod_build.get(p)]
         if missing:
-            return failed("software.versions",
+            return failed(VERSIONS,
                           f"Horovod on {host} was built without {' and '.join(missing)}",
                           f"rebuild Horovod: make setup FORCE=1 on {host}")
     differ = [f"{k} {mine[k] or 'missing'} (launcher {reference_host}: {theirs[k] or 'missing'})"
-              for k in mine if mine[k] != theirs[k]]
+              f"{located(f, k)}" for k in mine if mine[k] != theirs[k]]
     if differ:
-        return failed("software.versions", "differs from the launcher: " + "; ".join(differ),
-                      remedy)
+        return failed(VERSIONS, "differs from the launcher: " + "; ".join(differ), remedy)
     summary = ", ".join(f"{k} {v}" for k, v in mine.items() if v)
     if f.horovod_build is None:
-        return warned("software.versions", summary + "; Horovod build flags unknown",
+        return warned(VERSIONS, summary + "; Horovod build flags unknown",
                       f"record them: run make setup on {host} (it saves horovodrun "
                       "--check-build)")
-    return passed("software.versions", summary)
+    return passed(VERSIONS, summary)
+
+
+def located(f: Facts, label: str) -> str:
+    """' from PATH' for a version that comes from a module found outside the host's Python."""
+    name = next((n for n, (shown, _) in IMPORTED.items() if shown == label), None)
+    module = (f.modules or {}).get(name) if name else None
+    if module is None or module.entry.startswith(f.prefix.rstrip("/") + "/"):
+        return ""
+    return f" from {module.path}"
+
+
+def shadow_failure(host: str, f: Facts, shadows: list[tuple[str, FoundModule, str]]
+                   ) -> CheckResult:
+    parts = [f"import {name} loads {module.version or 'an unknown version'} from {module.path} "
+             f"(PYTHONPATH entry {module.entry}) instead of the {installed} installed for "
+             f"{f.executable}" for name, module, installed in shadows]
+    entries = ", ".join(dict.fromkeys(module.entry for _, module, _ in shadows))
+    return failed(VERSIONS, f"on {host} " + "; ".join(parts) + f" (PYTHONPATH={f.pythonpath})",
+                  f"take {entries} out of PYTHONPATH for non-interactive ssh sessions on {host} "
+                  "(sshd_config SetEnv/AcceptEnv, ~/.bashrc, /etc/environment), or remove the "
+                  "copy there")
+
+
+def check_orted(host: str, f: Facts, local: bool, mpi: bool) -> CheckResult:
+    """software.orted: mpirun on the launcher starts this daemon on every other host."""
+    daemon = f.mpi_daemon
+    if daemon is None:
+        return skipped(ORTED, "not probed")
+    if local:
+        return passed(ORTED, "the launcher: mpirun starts its ranks here itself")
+    if daemon.runs:
+        return passed(ORTED, f"{daemon.path} starts over non-interactive ssh")
+    where = f"{daemon.path} does not start" if daemon.path else f"no {daemon.name} on PATH"
+    detail = f"{where} on {host} over non-interactive ssh: {daemon.error}"
+    remedy = (f"make {daemon.name} run on {host} for non-interactive ssh: install Open MPI "
+              f"there (make setup) or put its bin directory on PATH before ~/.bashrc returns for "
+              f"non-interactive shells; check: ssh {host} {daemon.name} --help")
+    if not mpi:  # Gloo (elastic) jobs start no MPI daemon
+        return warned(ORTED, detail + "; only MPI jobs need it", remedy)
+    return failed(ORTED, detail + "; mpirun cannot start ranks there", remedy)
