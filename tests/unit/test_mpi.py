@@ -291,8 +291,105 @@ def test_probe_lines_are_sorted_by_kind_and_chatter_is_dropped():
 
 def test_a_missing_mpi4py_on_a_host_asks_for_make_setup():
     run = a_run(returncode=1, stderr="ModuleNotFoundError: No module named 'mpi4py'\n")
-    detail, remedy = explain_exit(run)
+    detail, remedy = explain_exit(run, ["h1", "h2", "h3"])
     assert "mpi4py" in detail and "make setup" in remedy
+
+
+# --- fault isolation: one bad host never takes the healthy ones down ---------------------------
+
+ORTE_FAILURE = """\
+--------------------------------------------------------------------------
+ORTE was unable to reliably start one or more daemons.
+This usually is caused by:
+
+* not finding the required libraries and/or binaries on
+  one or more nodes. Please check your PATH and LD_LIBRARY_PATH
+  settings, or configure OMPI with --enable-orterun-prefix-by-default
+--------------------------------------------------------------------------
+"""
+
+
+def stand_in_mpirun(monkeypatch, bad: set[str]) -> list[list[str]]:
+    """active.mpi.launch replaced: a group with a bad host exits like mpirun does when a daemon
+    cannot start; any other group gets a good result. Returns the groups tried, in order."""
+    from preflight.active import mpi as active_mpi
+
+    tried: list[list[str]] = []
+
+    def launch(hosts, cidr, python, bandwidth, ssh_args, deadline):
+        names = [h.name for h in hosts]
+        tried.append(names)
+        if bad & set(names):
+            return active_mpi.Attempt(tuple(hosts), tuple(names),
+                                      a_run(returncode=1, stderr=ORTE_FAILURE), ProbeOutput())
+        n = len(names)
+        pairs = [pair(a, b, 40.0) for a, b in itertools.combinations(range(n), 2)]
+        good = output(pairs, n=n)
+        good = ProbeOutput(started=good.started, attempts=good.attempts, left=good.left,
+                           pairs=good.pairs, result={**good.result, "hosts": names})
+        return active_mpi.Attempt(tuple(hosts), tuple(names), a_run(), good)
+
+    monkeypatch.setattr(active_mpi, "launch", launch)
+    monkeypatch.setattr(active_mpi, "missing_tools", lambda python: None)
+    return tried
+
+
+def test_a_host_whose_daemon_cannot_start_fails_alone_and_the_rest_pass(monkeypatch):
+    hosts = [MpiHost(f"h{i}", f"10.231.0.{10 + i}", 1) for i in range(1, 9)]
+    tried = stand_in_mpirun(monkeypatch, bad={"h6"})
+    results, measured = run_mpi(hosts, "eth0", CIDR, sys.executable, timeout_s=60)
+    assert results["h6"][0].status is Status.FAIL
+    assert results["h6"][0].detail == ("mpirun could not start its daemon on h6: ORTE was "
+                                       "unable to reliably start one or more daemons")
+    assert "ssh h6 orted --help" in results["h6"][0].remedy
+    for name in (h.name for h in hosts if h.name != "h6"):
+        assert results[name][0].status is Status.PASS, results[name]
+        assert results[name][0].detail.endswith("checked without h6, which failed")
+    assert tried[0] == [f"h{i}" for i in range(1, 9)] and tried[-1] == [
+        "h1", "h2", "h3", "h4", "h5", "h7", "h8"]
+    assert len(tried) <= 1 + 2 * 3 + 1  # the group, two halves per level, the rerun
+    assert "h6" not in measured["ranks"]
+
+
+def test_two_bad_hosts_are_both_found(monkeypatch):
+    hosts = [MpiHost(f"h{i}", f"10.231.0.{10 + i}", 1) for i in range(1, 6)]
+    stand_in_mpirun(monkeypatch, bad={"h1", "h5"})
+    results, _ = run_mpi(hosts, "eth0", CIDR, sys.executable, timeout_s=60)
+    assert {n for n, c in results.items() if c[0].status is Status.FAIL} == {"h1", "h5"}
+
+
+def test_a_group_that_fails_while_every_host_passes_alone_fails_as_before(monkeypatch):
+    """Nobody to blame on their own: the group's own verdict stands for every host."""
+    from preflight.active import mpi as active_mpi
+
+    stand_in_mpirun(monkeypatch, bad=set())
+    good_launch = active_mpi.launch
+
+    def launch(hosts, *args):
+        if len(hosts) == 3:
+            return active_mpi.Attempt(tuple(hosts), tuple(h.name for h in hosts),
+                                      a_run(returncode=1, stderr="boom\n"), ProbeOutput())
+        return good_launch(hosts, *args)
+
+    monkeypatch.setattr(active_mpi, "launch", launch)
+    results, _ = run_mpi(HOSTS, "eth0", CIDR, sys.executable, timeout_s=60)
+    assert all(c[0].status is Status.FAIL for c in results.values())
+    assert results["h1"][0].detail == "mpirun over h1, h2, h3 exited with 1: boom"
+
+
+def test_the_headline_of_mpiruns_help_text_is_its_first_sentence():
+    run = a_run(returncode=1, stderr=ORTE_FAILURE)
+    detail, _ = explain_exit(run, ["h3"])
+    assert detail == ("mpirun could not start its daemon on h3: ORTE was unable to reliably "
+                      "start one or more daemons")
+
+
+def test_a_ranks_own_error_beats_mpiruns_framing():
+    text = ("[1,1]<stderr>:Traceback (most recent call last):\n"
+            "[1,1]<stderr>:ImportError: libfoo.so: cannot open shared object file\n"
+            + ORTE_FAILURE)
+    detail, _ = explain_exit(a_run(returncode=1, stdout=text), ["h1", "h2"])
+    assert detail.endswith("ImportError: libfoo.so: cannot open shared object file")
 
 
 def test_mpirun_chatter_is_not_an_event():

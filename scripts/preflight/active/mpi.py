@@ -7,13 +7,16 @@ connected). checks/mpi.py turns what came back into results per host.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from .. import proc
 from ..agents import source
@@ -22,12 +25,16 @@ from ..checks.mpi import (
     ALLREDUCE,
     MESSAGE_MIB,
     MpiHost,
+    ProbeOutput,
     empty_measurements,
+    explain_exit,
+    hang_culprits,
     launch_failure,
     map_results,
     measurements,
     parse_output,
 )
+from ..remote import fan_out
 from ..result import CheckResult, failed
 
 PROBE_SOURCE = source("mpi_probe")
@@ -35,30 +42,116 @@ PAIR_SHARE = 0.7  # of the timeout, for the pair rounds; the rest is for launch 
 BTL_PORT_MIN = 1025
 
 
+MIN_RUN_S = 4.0  # time left below which no further mpirun is started
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One mpirun over some hosts and what its ranks printed."""
+
+    hosts: tuple[MpiHost, ...]
+    layout: tuple[str, ...]
+    run: proc.Ran
+    output: ProbeOutput
+
+    @property
+    def ok(self) -> bool:
+        return self.output.result is not None
+
+
 def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
             bandwidth: bool = False, timeout_s: float = 60, ssh_args: Sequence[str] = ()
             ) -> tuple[dict[str, list[CheckResult]], dict]:
     """Per-host mpi.* results and the measurements ({"latency_us": {a: {b: us}}, ...}).
-    ssh_args: more options for mpirun's ssh (the preflight's shared connections)."""
+    ssh_args: more options for mpirun's ssh (the preflight's shared connections).
+
+    One mpirun over every host. When it fails as a group, the hosts behind it are found (the
+    pairs that never connected; the hosts where no rank started; failing that, halving the set
+    until single hosts fail on their own) and the others run again without them, within
+    timeout_s: only the culprits fail."""
     if not hosts:
         return {}, empty_measurements()
     problem = missing_tools(python)
     if problem is not None:
         detail, remedy = problem
         return {h.name: [failed(ALLREDUCE, detail, remedy)] for h in hosts}, empty_measurements()
-    layout = rank_layout(hosts)
-    argv = mpirun_argv(hosts, layout, cidr, python, bandwidth, ssh_args=ssh_args,
-                       pair_wait_s=pair_wait_s(timeout_s, len(layout), bandwidth))
-    run = proc.run(argv, timeout_s, hopeless=will_hang(len(layout)))
-    output = parse_output(run.stdout)
-    measured = measurements(output, layout)
-    if output.result is None:
-        return launch_failure(hosts, layout, run, output, interface, cidr), measured
-    return map_results(hosts, layout, output, run, interface, bandwidth), {
-        **measured, "ranks": layout, "allreduce": output.result.get("allreduce", {}),
-        "library": output.result.get("library"), "message_mib": output.result.get("message_mib"),
-        "seconds": round(run.seconds, 2)}
+    deadline = time.monotonic() + timeout_s
 
+    def attempt(group: Sequence[MpiHost], measure_bandwidth: bool = bandwidth) -> Attempt:
+        return launch(group, cidr, python, measure_bandwidth, ssh_args, deadline)
+
+    first = attempt(hosts)
+    if first.ok:
+        return judged(first, interface, bandwidth)
+    culprits = blamed(first, interface, cidr, attempt, deadline)
+    rest = [h for h in hosts if h.name not in culprits]
+    if not culprits or not rest or deadline - time.monotonic() < MIN_RUN_S:
+        return launch_failure(hosts, list(first.layout), first.run, first.output, interface,
+                              cidr), measurements(first.output, list(first.layout))
+    results, measured = run_mpi(rest, interface, cidr, python, bandwidth,
+                                deadline - time.monotonic(), ssh_args)
+    note = f"; checked without {', '.join(sorted(culprits))}, which failed"
+    results = {name: [with_note(c, note) for c in checks] for name, checks in results.items()}
+    return {**{h.name: [culprits[h.name]] for h in hosts if h.name in culprits}, **results}, \
+        measured
+
+
+def launch(hosts: Sequence[MpiHost], cidr: str, python: str, bandwidth: bool,
+           ssh_args: Sequence[str], deadline: float) -> Attempt:
+    hosts = list(hosts)
+    layout = rank_layout(hosts)
+    left = max(1.0, deadline - time.monotonic())
+    argv = mpirun_argv(hosts, layout, cidr, python, bandwidth, ssh_args=ssh_args,
+                       pair_wait_s=pair_wait_s(left, len(layout), bandwidth))
+    run = proc.run(argv, left, hopeless=will_hang(len(layout)))
+    return Attempt(tuple(hosts), tuple(layout), run, parse_output(run.stdout))
+
+
+def judged(attempt: Attempt, interface: str, bandwidth: bool
+           ) -> tuple[dict[str, list[CheckResult]], dict]:
+    layout, output, run = list(attempt.layout), attempt.output, attempt.run
+    return map_results(list(attempt.hosts), layout, output, run, interface, bandwidth), {
+        **measurements(output, layout), "ranks": layout,
+        "allreduce": output.result.get("allreduce", {}), "library": output.result.get("library"),
+        "message_mib": output.result.get("message_mib"), "seconds": round(run.seconds, 2)}
+
+
+def blamed(first: Attempt, interface: str, cidr: str, attempt: Callable[..., Attempt],
+           deadline: float) -> dict[str, CheckResult]:
+    """The hosts at fault for a failed group run, each with its own result. A hang names them
+    by the pairs that never connected or the ranks that never started; an mpirun that exited
+    names nobody, so halving finds the hosts that fail on their own."""
+    hosts, layout = list(first.hosts), list(first.layout)
+    if first.run.timed_out:
+        verdicts = launch_failure(hosts, layout, first.run, first.output, interface, cidr)
+        culprits = hang_culprits(hosts, layout, first.output)
+        return {name: verdicts[name][0] for name in culprits}
+    if len(hosts) < 2:
+        return {}
+    return {name: failed(ALLREDUCE, *explain_exit(a.run, [name]))
+            for name, a in halve(hosts, attempt, deadline).items()}
+
+
+def halve(hosts: list[MpiHost], attempt: Callable[..., Attempt], deadline: float
+          ) -> dict[str, Attempt]:
+    """The hosts on which mpirun fails on its own, by halving: both halves of a failing group
+    run at once, down to single hosts, while time is left (a run cut short proves nothing).
+    Without the bandwidth rounds: this is about starting."""
+    culprits: dict[str, Attempt] = {}
+    groups = [hosts]
+    while groups and deadline - time.monotonic() >= MIN_RUN_S:
+        halves = [part for group in groups for part in (group[:len(group) // 2],
+                                                        group[len(group) // 2:]) if part]
+        tried = fan_out(halves, lambda part: attempt(part, False))
+        groups = [part for part, a in zip(halves, tried) if not a.ok and len(part) > 1]
+        # A single host's run cut off at the time limit proves nothing against it.
+        culprits.update({part[0].name: a for part, a in zip(halves, tried)
+                         if not a.ok and len(part) == 1 and a.run.stopped != "timeout"})
+    return culprits
+
+
+def with_note(check: CheckResult, note: str) -> CheckResult:
+    return dataclasses.replace(check, detail=check.detail + note)
 
 
 # --- launching ----------------------------------------------------------------------------------

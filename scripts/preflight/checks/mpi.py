@@ -20,9 +20,10 @@ Ids:
 from __future__ import annotations
 
 import itertools
+import re
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..agents import parse_event
@@ -96,11 +97,11 @@ def launch_failure(hosts: list[MpiHost], layout: list[str], run: Ran,
                    output: ProbeOutput, interface: str, cidr: str
                    ) -> dict[str, list[CheckResult]]:
     if not run.timed_out:
-        detail, remedy = explain_exit(run)
+        detail, remedy = explain_exit(run, [h.name for h in hosts])
         return {h.name: [failed(ALLREDUCE, detail, remedy)] for h in hosts}
     hung = (f"MPI hung (mpirun stopped after {run.seconds:.0f}s)" if run.gave_up
             else f"mpirun hung for {run.limit_s or run.seconds:.0f}s")
-    absent = [h.name for h in hosts if h.name not in {layout[r] for r in output.started}]
+    absent = absent_hosts(hosts, layout, output)
     if len(absent) == len(hosts):
         return {h.name: [failed(ALLREDUCE, f"{hung} before any rank started: the MPI daemons "
                                            "could not report back to mpirun on this machine",
@@ -110,10 +111,7 @@ def launch_failure(hosts: list[MpiHost], layout: list[str], run: Ran,
     if absent:
         return {h.name: [not_started(h.name, absent, hung, cidr)] for h in hosts}
     blocked = blocked_pairs(output, len(layout))
-    inbound = Counter(layout[b] for _, b in blocked)
-    outbound = Counter(layout[a] for a, _ in blocked)
-    culprits = blame((frozenset((layout[a], layout[b])) for a, b in blocked),
-                     {h.name: inbound[h.name] - outbound[h.name] for h in hosts})
+    culprits = hang_culprits(hosts, layout, output)
     results = {}
     for host in hosts:
         if host.name in culprits or not culprits:
@@ -122,6 +120,24 @@ def launch_failure(hosts: list[MpiHost], layout: list[str], run: Ran,
             check = bystander_result(host.name, sorted(culprits), output, layout, hung)
         results[host.name] = [check]
     return results
+
+
+def absent_hosts(hosts: list[MpiHost], layout: list[str], output: ProbeOutput) -> list[str]:
+    """The hosts where no rank ever started."""
+    return [h.name for h in hosts if h.name not in {layout[r] for r in output.started}]
+
+
+def hang_culprits(hosts: list[MpiHost], layout: list[str], output: ProbeOutput) -> set[str]:
+    """The hosts a hang is put on: where no rank started, else the odd host out of the pairs
+    that never connected (a tie goes to the host that others could not reach)."""
+    absent = absent_hosts(hosts, layout, output)
+    if absent:
+        return set(absent)
+    blocked = blocked_pairs(output, len(layout))
+    inbound = Counter(layout[b] for _, b in blocked)
+    outbound = Counter(layout[a] for a, _ in blocked)
+    return blame((frozenset((layout[a], layout[b])) for a, b in blocked),
+                 {h.name: inbound[h.name] - outbound[h.name] for h in hosts})
 
 
 def blocked_pairs(output: ProbeOutput, n: int) -> list[tuple[int, int]]:
@@ -177,18 +193,54 @@ def bystander_result(name: str, culprits: list[str], output: ProbeOutput, layout
                   f"fix {blamed} or leave it out, then run the preflight again")
 
 
-def explain_exit(run: Ran) -> tuple[str, str]:
+# What a failed rank or ssh says that matters more than mpirun's framing around it.
+TELLING = re.compile(r"(command not found|No such file or directory|Permission denied|"
+                     r"Host key verification failed|error while loading shared libraries|"
+                     r"^ssh: |^\w+(Error|Exception): )")
+DASHES = re.compile(r"^-{20,}$")
+
+
+def headline(text: str) -> str:
+    """The first meaningful line of mpirun's output: a rank's or ssh's own error where there is
+    one, else the first sentence of mpirun's first message (framed by lines of dashes), else the
+    last line."""
+    lines = [strip_tag(line) for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    telling = [line for line in lines if TELLING.search(line)]
+    if telling:
+        return telling[-1][:200] if "Error" in telling[-1] else telling[0][:200]
+    framed = [i for i, line in enumerate(lines) if DASHES.match(line)]
+    if framed and framed[0] + 1 < len(lines):
+        paragraph = []
+        for line in lines[framed[0] + 1:]:
+            if DASHES.match(line) or line.endswith(":"):
+                break
+            paragraph.append(line)
+        sentence = " ".join(paragraph).split(". ")[0].rstrip(".")
+        if sentence:
+            return sentence[:200]
+    return lines[-1][:200] if lines else "no output"
+
+
+def strip_tag(line: str) -> str:
+    """A line without mpirun's '[1,0]<stderr>:' tag and surrounding space."""
+    return re.sub(r"^\[\d+,\d+\]<std(out|err)>:", "", line).strip()
+
+
+def explain_exit(run: Ran, hosts: Sequence[str]) -> tuple[str, str]:
+    """(detail, remedy) for an mpirun that exited without a result, over `hosts`."""
     text = run.stderr + run.stdout
-    last = [line.strip() for line in text.splitlines() if line.strip() and "---" not in line]
-    tail = "; ".join(last[-3:])[:300] or "no output"
+    where = f"on {hosts[0]}" if len(hosts) == 1 else f"over {', '.join(hosts)}"
+    line = headline(text)
     if "No module named 'mpi4py'" in text or 'No module named "mpi4py"' in text:
-        return (f"mpi4py is missing on a host: {tail}",
+        return (f"mpi4py is missing {where}: {line}",
                 "install the venv at the same path on every host: make setup")
-    if "unable to reliably start" in text or "ssh:" in text or "Permission denied" in text:
-        return (f"mpirun could not start its daemons over ssh: {tail}",
-                "make ssh work without a password from here to every host (ssh-copy-id HOST), "
-                "with Open MPI installed there (ssh HOST which orted)")
-    return (f"mpirun exited with {run.returncode}: {tail}",
+    if ("unable to reliably start" in text or "ORTE daemon" in text or "ssh:" in text
+            or "Permission denied" in text or "orted" in text):
+        return (f"mpirun could not start its daemon {where}: {line}",
+                f"check that ssh {hosts[0] if len(hosts) == 1 else 'HOST'} orted --help works "
+                "without a password and prints Open MPI's usage (see software.orted)")
+    return (f"mpirun {where} exited with {run.returncode}: {line}",
             "run it by hand to see the whole error: " + shown_command(run.argv))
 
 
