@@ -51,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
                         "(reads the tables only; never sweeps a subnet)")
     p.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0,
                    help="time limit of each step per host (default: 10)")
+    p.add_argument("--show", choices=["interfaces"], action="append", default=[],
+                   help="also print every host's interfaces (addresses and their class, MAC, "
+                        "MTU, speed, physical or virtual), the job's marked with *")
     p.add_argument("--quiet", action="store_true",
                    help="no progress and no table: only the summary line")
     p.add_argument("--json", action="store_true",
@@ -103,7 +106,8 @@ def run(argv: list[str] | None) -> int:
     with progress.running():
         outcome = pipeline.run(inventory, options, progress)
     outcome, note = report.write_outputs(outcome, args.hostfile, args.report, inventory.source)
-    report.render(outcome, note, out, quiet=args.quiet)
+    report.render(outcome, note, out, quiet=args.quiet,
+                  show_interfaces="interfaces" in args.show)
     if args.json:
         json.dump(report.document(outcome), sys.stdout, indent=2)
         sys.stdout.write("\n")

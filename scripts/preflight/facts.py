@@ -38,12 +38,38 @@ class Interface:
             virtual=bool(d.get("virtual")), bridge=bool(d.get("bridge")),
         )
 
+    @property
+    def kind(self) -> str:
+        if self.loopback:
+            return "loopback"
+        return "bridge" if self.bridge else ("virtual" if self.virtual else "physical")
+
+    def addresses(self) -> str:
+        """Every address with its class: '10.0.0.5/24 (private) fe80::1/64 (link-local)'."""
+        return " ".join(f"{a} ({address_class(a.ip)})" for a in (*self.ipv4, *self.ipv6))
+
     def summary(self) -> str:
-        addrs = " ".join(str(a) for a in self.ipv4) or "no IPv4"
-        kind = "bridge" if self.bridge else ("virtual" if self.virtual else "")
-        state = "up" if self.isup else "down"
-        parts = [self.name, addrs, f"mtu {self.mtu}", state, kind]
-        return " ".join(p for p in parts if p)
+        parts = [f"{self.name} {self.addresses() or 'no address'}",
+                 f"mac {self.mac}" if self.mac else "", f"mtu {self.mtu}", speed_text(self.speed),
+                 "up" if self.isup else "down", self.kind]
+        return ", ".join(p for p in parts if p)
+
+
+def address_class(ip: IpAddress) -> str:
+    """What kind of address: the classes that decide whether a job may use it."""
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_private:
+        return "private"
+    return "public" if ip.is_global else "reserved"
+
+
+def speed_text(mbit_s: int) -> str:
+    if not mbit_s:
+        return "speed unknown"
+    return f"{mbit_s / 1000:g} Gb/s" if mbit_s >= 1000 else f"{mbit_s} Mb/s"
 
 
 @dataclass(frozen=True)

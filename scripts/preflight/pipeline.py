@@ -20,7 +20,7 @@ from .active import mpi as mpi_runner
 from .checks import mesh, mpi, mtu, resolve
 from .checks.context import Context
 from .choice import InterfaceChoice, choose_interface
-from .facts import Facts, HostProbe
+from .facts import Facts, HostProbe, Interface
 from .inventory import Host, Inventory
 from .remote import Ssh, fan_out, is_local
 from .result import CheckResult, HostReport, Report, Status, failed, skipped
@@ -51,6 +51,7 @@ class Outcome:
     matrices: dict = field(default_factory=dict)
     candidates: tuple[dict, ...] = ()  # neighbour-table entries that are not inventory hosts
     checks_run: tuple[str, ...] = ()
+    interfaces: Mapping[str, tuple[Interface, ...]] = field(default_factory=dict)  # per host
 
 
 def probe_argv(names: list[str], options: Options) -> list[str]:
@@ -103,7 +104,8 @@ def run(inventory: Inventory, options: Options, say: Say = lambda _: None) -> Ou
                                tuple(results[n]), choice.names.get(n)) for n in names),
         interface=choice.interface, interface_cidr=choice.cidr)
     checks_run = tuple(dict.fromkeys(c.id for n in names for c in results[n]))
-    return Outcome(report, choice, matrices, candidates(facts, names), checks_run)
+    return Outcome(report, choice, matrices, candidates(facts, names), checks_run,
+                   {n: facts[n].interfaces for n in names if n in facts})
 
 
 def host_slots(hosts: tuple[Host, ...], facts: Mapping[str, Facts]) -> dict[str, int]:

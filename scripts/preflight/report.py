@@ -27,6 +27,7 @@ from rich.text import Text
 
 from . import __version__, checks
 from .errors import UserError
+from .facts import speed_text
 from .inventory import hostfile_text as inventory_text
 from .result import HostReport, Report, Status
 
@@ -159,8 +160,27 @@ def summary(outcome: Outcome, hostfile_note: str) -> str:
     return f"{verdict}; interface {iface}; np {report.np}; hostfile: {hostfile_note}"
 
 
-def render(outcome: Outcome, hostfile_note: str, console: Console, quiet: bool = False) -> None:
+def interfaces_table(outcome: Outcome, unicode: bool = True) -> Table:
+    """Every host's interfaces, one row each, the job's interface marked."""
+    grid = Table(title="interfaces (* the job's)", title_justify="left", box=box.SIMPLE_HEAD,
+                 padding=(0, 1))
+    for name in ("host", "", "interface", "addresses", "mac", "mtu", "speed", "state", "kind"):
+        grid.add_column(name, no_wrap=name != "addresses")
+    for host, found in outcome.interfaces.items():
+        chosen = outcome.choice.names.get(host)
+        for i in found:
+            grid.add_row(host, "*" if i.name == chosen else "", i.name, i.addresses() or "–",
+                         i.mac or "–", str(i.mtu), speed_text(i.speed), "up" if i.isup else "down",
+                         i.kind, style="bold" if i.name == chosen else None)
+            host = ""  # the name once per host
+    return grid
+
+
+def render(outcome: Outcome, hostfile_note: str, console: Console, quiet: bool = False,
+           show_interfaces: bool = False) -> None:
     unicode = (console.encoding or "").lower().startswith("utf")
+    if show_interfaces:
+        console.print(interfaces_table(outcome, unicode))
     if not quiet:
         console.print(table(outcome.report, unicode))
         for line in problems(outcome.report):

@@ -238,3 +238,13 @@ def test_probe_is_asked_for_neighbours_only_with_the_flag():
     assert "--neighbours" not in plain and asked[-1] == "--neighbours"
     assert plain[:3] == ["sh", "-c", pipeline.REMOTE_SH]
     assert plain[plain.index("--resolve") + 1] == "h1"
+
+
+def test_show_interfaces_lists_each_interface_with_its_class_and_marks_the_jobs(tmp_path, capsys):
+    main(["--hosts", "localhost:1", "--no-mpi", "--show", "interfaces", *outputs(tmp_path)])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if " lo " in f" {line} "]
+    assert rows and "*" in rows[0] and "127.0.0.1/8 (loopback)" in rows[0]
+    assert "loopback" in rows[0].split()[-1]
+    for column in ("interface", "addresses", "mac", "mtu", "speed", "kind"):
+        assert column in out

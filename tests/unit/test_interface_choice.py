@@ -218,8 +218,10 @@ def test_mtu_of_the_chosen_interface_is_exposed_per_host():
 def test_summary_lists_every_interface_compactly():
     result = interface.check_summary(cluster()["h2"])
     assert result.status is Status.PASS
-    assert "eth1 10.232.2.1/24 mtu 1500 up" in result.detail
-    assert "docker0 172.17.0.1/16 mtu 1500 up bridge" in result.detail
+    assert ("eth0 10.231.0.12/24 (private) fe80::ff:fe00:12/64 (link-local), "
+            "mac 02:00:0a:e7:00:12, mtu 1500, 10 Gb/s, up, virtual") in result.detail
+    assert ("docker0 172.17.0.1/16 (private), mac 02:42:ac:11:00:01, mtu 1500, speed unknown, "
+            "up, bridge") in result.detail
 
 
 def test_a_lone_answering_host_prefers_its_real_interface_over_a_bridge():

@@ -72,4 +72,5 @@ def check_public(host: str, name: str, address: str) -> CheckResult:
 
 
 def check_summary(f: Facts) -> CheckResult:
+    """Every interface: addresses with their class, MAC, MTU, speed, state, physical or not."""
     return passed("interface.summary", "; ".join(i.summary() for i in f.interfaces) or "none")
