@@ -20,7 +20,7 @@ from pathlib import Path
 # The simulated cluster and the process runner: standard library only, light for the workers too.
 import simcluster
 from preflight.errors import UserError
-from preflight.proc import Ran, run
+from preflight.proc import Ran, job_env, run
 from simcluster.settings import SUBNET
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,17 +43,6 @@ Say = Callable[[str], None]  # a progress line for the person waiting
 # --- running and timing commands -----------------------------------------------------------------
 # One runner for the whole project (preflight.proc): its own process group, stopped whole on
 # timeout (mpirun and horovodrun leave children behind otherwise), and one result type.
-
-
-def job_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This environment plus what mpirun and TensorFlow need here: Open MPI refuses root unless
-    told (the cluster runs as root), and TensorFlow's start-up notes would drown the output."""
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if os.geteuid() == 0:
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    env.update(extra or {})
-    return env
 
 
 def timed(argv: Sequence[str], timeout_s: float, env: Mapping[str, str] | None = None,

@@ -54,6 +54,18 @@ class Ran:
         return f"{' '.join(self.argv[:8])} ... {state}:\n  " + "\n  ".join(tail)
 
 
+def job_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This environment plus what an MPI or Horovod job needs here: Open MPI refuses root
+    unless told (the simulated cluster and CI run as root), and TensorFlow's start-up notes,
+    printed once per rank, would drown the output."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env.update(extra or {})
+    return env
+
+
 def run(argv: Sequence[str], timeout_s: float, *, stdin: str | None = None,
         env: Mapping[str, str] | None = None, cwd: Path | str | None = None,
         hopeless: Callable[[str], bool] | None = None) -> Ran:

@@ -34,8 +34,8 @@ from ..checks.mpi import (
     measurements,
     parse_output,
 )
-from ..remote import fan_out
 from ..result import CheckResult, failed
+from .isolate import halve
 
 PROBE_SOURCE = source("mpi_probe")
 PAIR_SHARE = 0.7  # of the timeout, for the pair rounds; the rest is for launch and allreduce
@@ -128,26 +128,10 @@ def blamed(first: Attempt, interface: str, cidr: str, attempt: Callable[..., Att
         return {name: verdicts[name][0] for name in culprits}
     if len(hosts) < 2:
         return {}
-    return {name: failed(ALLREDUCE, *explain_exit(a.run, [name]))
-            for name, a in halve(hosts, attempt, deadline).items()}
-
-
-def halve(hosts: list[MpiHost], attempt: Callable[..., Attempt], deadline: float
-          ) -> dict[str, Attempt]:
-    """The hosts on which mpirun fails on its own, by halving: both halves of a failing group
-    run at once, down to single hosts, while time is left (a run cut short proves nothing).
-    Without the bandwidth rounds: this is about starting."""
-    culprits: dict[str, Attempt] = {}
-    groups = [hosts]
-    while groups and deadline - time.monotonic() >= MIN_RUN_S:
-        halves = [part for group in groups for part in (group[:len(group) // 2],
-                                                        group[len(group) // 2:]) if part]
-        tried = fan_out(halves, lambda part: attempt(part, False))
-        groups = [part for part, a in zip(halves, tried) if not a.ok and len(part) > 1]
-        # A single host's run cut off at the time limit proves nothing against it.
-        culprits.update({part[0].name: a for part, a in zip(halves, tried)
-                         if not a.ok and len(part) == 1 and a.run.stopped != "timeout"})
-    return culprits
+    # Without the bandwidth rounds: this is about starting.
+    alone = halve(hosts, lambda part: attempt(part, False), deadline, MIN_RUN_S,
+                  key=lambda h: h.name)
+    return {name: failed(ALLREDUCE, *explain_exit(a.run, [name])) for name, a in alone.items()}
 
 
 def with_note(check: CheckResult, note: str) -> CheckResult:
