@@ -118,6 +118,12 @@ class Cluster:
         with contextlib.suppress(OSError):
             if re.search(r"^127\.0\.1\.1\s", hosts_file.read_text(), re.M):
                 extras.append("127.0.1.1-in-hosts")
+        name = sshd.hostname_of(self.settings, host.name)
+        if name and name != host.name:
+            extras.append(f"hostname={name}")
+        blocked = sshd.blocked_program(self.settings, host.name)
+        if blocked:
+            extras.append(f"{blocked}=false-over-ssh")
         return extras
 
     # --- up and down -----------------------------------------------------------------------
@@ -282,9 +288,11 @@ class Cluster:
         faults.check_request(kind, state)
         need_root()
         target = self.host(host)
-        value = faults.check_value(kind, state, None if value is None else str(value))
+        value = faults.check_value(kind, state, None if value is None else str(value), host,
+                                   self.hosts)
         with self._lock():
-            faults.apply(self.settings, target, kind, state == "on", value)
+            # Read under the lock: the faults already on decide how some faults are undone.
+            faults.apply(self.settings, self.state(), target, kind, state == "on", value)
             self._record_fault(host, kind, value if state == "on" else None)
         shown = f" ({value})" if state == "on" and value else ""
         self.say(f"{host}: fault {kind} {state}{shown}")

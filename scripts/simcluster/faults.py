@@ -1,23 +1,57 @@
 """Faults a host can be given and taken again: each one is idempotent, and 'off' also undoes
-what `up` did in its place (the MTU goes back to 1500, Debian's hosts line goes)."""
+what `up` did in its place (the MTU goes back to 1500, Debian's hosts line goes).
+
+The network faults (link, loss, delay, firewall, mtu) change the host's namespace; the name
+faults (debian-hosts, reverse-name, no-resolve) edit its /etc/hosts in place; hostname renames
+its UTS namespace; sshd, orted and shadow change how its sshd runs (stopped; in a private mount
+namespace where orted is /bin/false; with a PYTHONPATH for every session). 'off' of a fault with
+a value undoes whatever value is on, whatever value it is given.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 from preflight.errors import Exit, UserError
 
-from .net import set_debian_line
+from .net import set_debian_line, set_host_lines
 from .options import check_mtu
 from .settings import UP_HINT, Settings
-from .sshd import sshd_pid, start_sshd, stop_sshd
-from .state import Host
-from .system import ok, run, tool
+from .sshd import (
+    blocked_program,
+    mounted_over,
+    restart_sshd,
+    set_blocked_program,
+    set_hostname,
+    set_session_pythonpath,
+    sshd_pid,
+    start_sshd,
+    stop_sshd,
+)
+from .state import Host, State
+from .system import ok, run, tool, with_sbin
 
-FAULT_KINDS = ("link", "loss", "delay", "sshd", "firewall", "mtu", "debian-hosts")
-DEFAULT_VALUES = {"loss": "30", "delay": "100", "mtu": "1400"}
+FAULT_KINDS = ("link", "loss", "delay", "sshd", "firewall", "mtu", "debian-hosts", "orted",
+               "shadow", "hostname", "reverse-name", "no-resolve")
+DEFAULT_VALUES = {"loss": "30", "delay": "100", "mtu": "1400", "shadow": "horovod",
+                  "no-resolve": "h1"}
+# The kinds whose value names another host; the default is the next host (h3 -> h1).
+NEXT_HOST_DEFAULT = ("hostname", "reverse-name")
+# What the shadow fault can shadow, and the old version each stand-in claims to be.
+SHADOW_VERSIONS = {"horovod": "0.19.0", "tensorflow": "1.15.0", "mpi4py": "3.0.3"}
+SHADOW_MODULE = """\
+# A stand-in planted by simcluster's shadow fault: sshd's 'SetEnv PYTHONPATH=' puts this
+# directory before site-packages in every ssh session, as an old copy on a shared path would.
+# There is no dist-info, so importlib.metadata still reports the real package's version.
+__version__ = "{version}"
+"""
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                         r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 # Loopback is spared, as host firewalls (ufw, firewalld) do; only other hosts are blocked.
 FIREWALL_RULE = ("INPUT", "!", "-i", "lo", "-p", "tcp", "--syn", "--dport", "1024:65535",
                  "-m", "comment", "--comment", "hvsim-firewall", "-j", "DROP")
@@ -32,9 +66,21 @@ def check_request(kind: str, state: str) -> None:
                         "e.g.: fault h2 firewall on")
 
 
-def check_value(kind: str, state: str, value: str | None) -> str:
-    """The value to use (the kind's default when none is given), checked before any change."""
+def next_host(host: str, names: list[str]) -> str:
+    """The host after `host`, wrapping around (h3 of h1..h3 -> h1)."""
+    return names[(names.index(host) + 1) % len(names)] if host in names else names[0]
+
+
+def check_value(kind: str, state: str, value: str | None, host: str = "",
+                names: list[str] | None = None) -> str:
+    """The value to use (the kind's default when none is given), checked before any change.
+    `host` and `names` (the cluster's hosts) are for the kinds whose value is a host."""
+    names = names or []
+    if not value and kind in NEXT_HOST_DEFAULT and names:
+        value = next_host(host, names)
     value = value if value else DEFAULT_VALUES.get(kind, "")
+    if state == "on":
+        _check_choice(kind, value, host, names)
     if kind == "loss" and not (re.fullmatch(r"[0-9]+(\.[0-9]+)?", value)
                                and 0 < float(value) <= 100):
         raise UserError(f"loss percent '{value}' is not a number in (0, 100]", "e.g. 30")
@@ -46,8 +92,28 @@ def check_value(kind: str, state: str, value: str | None) -> str:
     return value
 
 
-def apply(settings: Settings, host: Host, kind: str, on: bool, value: str) -> None:
-    FAULTS[kind](settings, host, on, value)
+def _check_choice(kind: str, value: str, host: str, names: list[str]) -> None:
+    if kind == "shadow" and value not in SHADOW_VERSIONS:
+        raise UserError(f"shadow: cannot shadow '{value}'",
+                        f"modules: {' '.join(SHADOW_VERSIONS)} (default horovod)")
+    if kind == "hostname":
+        if not HOSTNAME_RE.fullmatch(value) or len(value) > 64:
+            raise UserError(f"hostname '{value}' is not a valid host name", "e.g. h3")
+        if value == host:
+            raise UserError(f"hostname: '{value}' is {host}'s own name",
+                            "give another name (the default is the next host's)")
+    if kind in ("reverse-name", "no-resolve") and value not in names:
+        raise UserError(f"{kind}: unknown host '{value}'", f"hosts are: {' '.join(names)}")
+    if kind == "reverse-name" and value == host:
+        raise UserError(f"reverse-name: {host}'s name already resolves to {host}'s address",
+                        "give another host (the default is the next one)")
+
+
+def apply(settings: Settings, state: State, host: Host, kind: str, on: bool,
+          value: str) -> None:
+    """Turns `kind` on (with `value`) or off on `host`; `state` is the cluster as recorded
+    before this change, with the faults that are on."""
+    FAULTS[kind](settings, state, host, on, value)
 
 
 def _in_ns(host: Host, *argv: str) -> tuple[str, ...]:
@@ -63,11 +129,11 @@ def delete_tagged_rules(host: Host, tag: str) -> None:
         run(*_in_ns(host, tool("iptables"), "-D", *words[1:]))
 
 
-def fault_link(settings: Settings, host: Host, on: bool, value: str) -> None:
+def fault_link(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
     run("ip", "-n", host.namespace, "link", "set", host.ifname, "down" if on else "up")
 
 
-def fault_loss(settings: Settings, host: Host, on: bool, value: str) -> None:
+def fault_loss(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
     delete_tagged_rules(host, "hvsim-loss")
     if on:
         # Not on lo: a lossy NIC does not make a host lose packets to itself.
@@ -76,7 +142,7 @@ def fault_loss(settings: Settings, host: Host, on: bool, value: str) -> None:
                     "-m", "comment", "--comment", "hvsim-loss", "-j", "DROP"))
 
 
-def fault_delay(settings: Settings, host: Host, on: bool, value: str) -> None:
+def fault_delay(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
     qdisc = ("tc", "-n", host.namespace, "qdisc")
     if not on:
         run(*qdisc, "del", "dev", host.ifname, "root", check=False)
@@ -92,32 +158,119 @@ def fault_delay(settings: Settings, host: Host, on: bool, value: str) -> None:
     raise UserError(f"tc could not add netem delay on {host.ifname}: {err}", code=Exit.FAILED)
 
 
-def fault_sshd(settings: Settings, host: Host, on: bool, value: str) -> None:
+def fault_sshd(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
     if on:
         stop_sshd(settings, host.name)
     elif sshd_pid(settings, host.name) is None:
         start_sshd(settings, host.name)
 
 
-def fault_firewall(settings: Settings, host: Host, on: bool, value: str) -> None:
+def fault_firewall(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
     if not on:
         delete_tagged_rules(host, "hvsim-firewall")
     elif not ok(*_in_ns(host, tool("iptables"), "-C", *FIREWALL_RULE)):
         run(*_in_ns(host, tool("iptables"), "-A", *FIREWALL_RULE))
 
 
-def fault_mtu(settings: Settings, host: Host, on: bool, value: str) -> None:
+def fault_mtu(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
     mtu = check_mtu(value) if on else 1500
     run("ip", "-n", host.namespace, "link", "set", host.ifname, "mtu", str(mtu))
 
 
-def fault_debian_hosts(settings: Settings, host: Host, on: bool, value: str) -> None:
+def fault_debian_hosts(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
     path = settings.etc_dir(host.name) / "hosts"
     if not path.is_file():
         raise UserError(f"{path} is missing", UP_HINT, Exit.FAILED)
     set_debian_line(path, host.name, on)
 
 
-FAULTS: dict[str, Callable[[Settings, Host, bool, str], None]] = {
+def session_program(name: str) -> str | None:
+    """Where an ssh session finds `name`: the PATH here plus the usual directories. A symlink
+    is kept as it is: a bind mount over it lands on the file it points to."""
+    usual = "/usr/local/bin:/usr/bin:/bin"
+    return shutil.which(name, path=with_sbin(f"{os.environ.get('PATH', '')}:{usual}"))
+
+
+def fault_orted(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
+    """Open MPI's daemon cannot start on the host over ssh: its sshd runs in a private mount
+    namespace where orted is /bin/false, which only its sessions see. /bin/false exits 1 and,
+    given the arguments mpirun gives orted, prints nothing (alone, --help or --version make it
+    print its own text, naming GNU false)."""
+    program = blocked_program(settings, host.name) or session_program("orted")
+    if program is None:
+        if not on:
+            return
+        raise UserError("orted (Open MPI) is not installed on this machine",
+                        "install Open MPI (scripts/setup.sh) to simulate it", Exit.UNSUPPORTED)
+    set_blocked_program(settings, host.name, program if on else None)
+    pid = sshd_pid(settings, host.name)
+    real = os.path.realpath(program)
+    if pid is not None and mounted_over(pid, real) != on:
+        restart_sshd(settings, host.name)
+        pid = sshd_pid(settings, host.name)
+        if pid is not None and mounted_over(pid, real) != on:
+            raise UserError(f"could not {'block' if on else 'unblock'} {real} for the sshd of "
+                            f"{host.name}", f"see {settings.host_dir(host.name) / 'sshd.log'}",
+                            Exit.FAILED)
+
+
+def shadow_dir(settings: Settings, host: str) -> Path:
+    return settings.host_dir(host) / "shadow"
+
+
+def fault_shadow(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
+    """A stand-in package (just `__version__`, no dist-info) in <state>/hN/shadow, put on
+    PYTHONPATH by the host's sshd for every session; the sshd restarts to read it."""
+    directory = shadow_dir(settings, host.name)
+    shutil.rmtree(directory, ignore_errors=True)
+    if on:
+        package = directory / value
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text(SHADOW_MODULE.format(
+            version=SHADOW_VERSIONS[value]))
+        for path in (directory, package):
+            path.chmod(0o755)
+        (package / "__init__.py").chmod(0o644)
+    if set_session_pythonpath(settings, host.name, str(directory) if on else None):
+        restart_sshd(settings, host.name)
+
+
+def fault_hostname(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
+    set_hostname(settings, host.name, value if on else host.name)
+
+
+def _fix_host_lines(settings: Settings, state: State, host: Host, kind: str, on: bool,
+                    value: str) -> None:
+    """Rewrites the host's lines for the cluster's hosts from the reverse-name and no-resolve
+    faults as they are after this change, so either one can be turned off on its own."""
+    faults = {k: v for k, v in state.faults.items() if k != f"{host.name} {kind}"}
+    if on:
+        faults[f"{host.name} {kind}"] = value
+    reverse = faults.get(f"{host.name} reverse-name")
+    missing = faults.get(f"{host.name} no-resolve")
+    addresses = {h.name: h.address for h in state.hosts}
+    if reverse in addresses:
+        addresses[host.name] = addresses[reverse]
+    if missing in addresses:
+        addresses[missing] = None
+    path = settings.etc_dir(host.name) / "hosts"
+    if not path.is_file():
+        raise UserError(f"{path} is missing", UP_HINT, Exit.FAILED)
+    set_host_lines(path, addresses)
+
+
+def fault_reverse_name(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
+    """The host's own name resolves, on the host, to another host's address."""
+    _fix_host_lines(settings, state, host, "reverse-name", on, value)
+
+
+def fault_no_resolve(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
+    """The host has no line for one of the cluster's names: it cannot resolve it."""
+    _fix_host_lines(settings, state, host, "no-resolve", on, value)
+
+
+FAULTS: dict[str, Callable[[Settings, State, Host, bool, str], None]] = {
     "link": fault_link, "loss": fault_loss, "delay": fault_delay, "sshd": fault_sshd,
-    "firewall": fault_firewall, "mtu": fault_mtu, "debian-hosts": fault_debian_hosts}
+    "firewall": fault_firewall, "mtu": fault_mtu, "debian-hosts": fault_debian_hosts,
+    "orted": fault_orted, "shadow": fault_shadow, "hostname": fault_hostname,
+    "reverse-name": fault_reverse_name, "no-resolve": fault_no_resolve}

@@ -79,9 +79,7 @@ def write_hosts_file(settings: Settings, index: int, n: int, debian: bool) -> No
 
 
 def set_debian_line(path: Path, host: str, on: bool) -> None:
-    """Adds (or removes) Debian's '127.0.1.1 HOST' line right after '127.0.0.1 localhost'.
-    Rewritten in place (same inode): sshd and its sessions see /etc/hosts through a bind mount
-    of this very file, which a rename would leave pointing at the old content."""
+    """Adds (or removes) Debian's '127.0.1.1 HOST' line right after '127.0.0.1 localhost'."""
     out = []
     for line in path.read_text().splitlines():
         fields = line.split()
@@ -90,8 +88,33 @@ def set_debian_line(path: Path, host: str, on: bool) -> None:
         out.append(line)
         if on and fields[:2] == ["127.0.0.1", "localhost"]:
             out.append(f"127.0.1.1\t{host}")
+    write_in_place(path, out)
+
+
+def write_in_place(path: Path, lines: list[str]) -> None:
+    """Rewrites a hosts file keeping its inode: sshd and its sessions see /etc/hosts through a
+    bind mount of this very file, which a rename would leave pointing at the old content."""
     with open(path, "w") as handle:  # truncates the same inode
-        handle.write("\n".join(out) + "\n")
+        handle.write("\n".join(lines) + "\n")
+
+
+def set_host_lines(path: Path, addresses: dict[str, str | None]) -> None:
+    """Rewrites the lines of the cluster's hosts ('ADDRESS<tab>hN') as `addresses` says, in its
+    order: a host mapped to None gets no line. Every other line (the tag, localhost, Debian's
+    127.0.1.1 line, ::1) stays where it is; the host lines go where the first one was."""
+    lines = path.read_text().splitlines()
+
+    def is_host_line(line: str) -> bool:
+        fields = line.split()
+        return len(fields) == 2 and fields[1] in addresses and not fields[0].startswith("127.")
+
+    first = next((i for i, line in enumerate(lines) if is_host_line(line)), None)
+    if first is None:
+        first = next((i for i, line in enumerate(lines) if line.startswith("::1")), len(lines))
+    kept = [line for line in lines[:first] if not is_host_line(line)]
+    rest = [line for line in lines[first:] if not is_host_line(line)]
+    wanted = [f"{address}\t{name}" for name, address in addresses.items() if address]
+    write_in_place(path, kept + wanted + rest)
 
 
 # --- finding and removing ---------------------------------------------------------------------

@@ -59,6 +59,14 @@ Match host {hosts} exec "grep -qsxF '{tag}' /etc/hosts"
 # Sets the hostname in a fresh UTS namespace, records its pid, then sleeps under a name that
 # says whose hostname it holds. The values come in as arguments, never inside the script.
 UTS_HOLDER = 'hostname "$1" && echo $$ >"$2" && exec -a "$3" sleep infinity'
+# Runs in a private mount namespace (the orted fault): mounts false ($1) over the program ($2),
+# complaining into the log ($3), then becomes the command that follows (nsenter ... sshd). The
+# mount lives as long as that namespace, that is as long as sshd and its sessions.
+BLOCK_PROGRAM = 'mount --bind "$1" "$2" 2>>"$3" && shift 3 && exec "$@"'
+# Marks a host whose sshd must start with a program blocked; holds that program's path.
+BLOCKED_FILE = "blocked-program"
+# The line the shadow fault adds to a host's sshd_config (OpenSSH >= 7.8 has SetEnv).
+SETENV_PREFIX = "SetEnv PYTHONPATH="
 
 
 def launch_user() -> str:
@@ -162,18 +170,41 @@ def start_uts_holder(settings: Settings, host: str) -> None:
         raise UserError(f"could not start the hostname holder of {host}", code=Exit.FAILED)
 
 
+def blocked_program(settings: Settings, host: str) -> str | None:
+    """The program the host's sshd sessions must not run (the orted fault), if any."""
+    try:
+        return (settings.host_dir(host) / BLOCKED_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def set_blocked_program(settings: Settings, host: str, path: str | None) -> None:
+    marker = settings.host_dir(host) / BLOCKED_FILE
+    if path is None:
+        marker.unlink(missing_ok=True)
+    else:
+        marker.write_text(path + "\n")
+
+
 def start_sshd(settings: Settings, host: str) -> None:
+    """Starts the host's sshd in its network namespace and hostname. When a program is blocked
+    (the orted fault), sshd starts in a private mount namespace of its own, where that program
+    is /bin/false: only sshd and its sessions see the mount, which goes away with them."""
     holder = uts_pid(settings, host)
     if holder is None:
         raise UserError(f"host {host} has no hostname holder", UP_HINT, Exit.FAILED)
     hdir = settings.host_dir(host)
     (hdir / "sshd.pid").unlink(missing_ok=True)
+    sshd = [tool("nsenter"), "-t", str(holder), "-u", "--", SSHD, "-f", str(hdir / "sshd_config"),
+            "-E", str(hdir / "sshd.log")]
+    blocked = blocked_program(settings, host)
+    if blocked:
+        sshd = [tool("unshare"), "--mount", "--propagation", "private", "--", tool("sh"), "-c",
+                BLOCK_PROGRAM, "_", tool("false"), blocked, str(hdir / "sshd.log"), *sshd]
     # sshd binds its socket before it daemonizes, so once the pidfile exists it takes logins.
     # No pipes: the daemon would hold them open; its messages go to sshd.log.
-    subprocess.run([tool("ip"), "netns", "exec", settings.host_ns(host), tool("nsenter"),
-                    "-t", str(holder), "-u", "--", SSHD, "-f", str(hdir / "sshd_config"),
-                    "-E", str(hdir / "sshd.log")], stdin=subprocess.DEVNULL,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([tool("ip"), "netns", "exec", settings.host_ns(host), *sshd],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if not retry(50, 0.1, lambda: sshd_pid(settings, host)):
         raise UserError(f"sshd of {host} did not start", f"see {hdir / 'sshd.log'}", Exit.FAILED)
 
@@ -182,6 +213,60 @@ def stop_sshd(settings: Settings, host: str) -> None:
     pid = sshd_pid(settings, host)
     if pid is not None:
         stop_pids([pid])
+
+
+def restart_sshd(settings: Settings, host: str) -> None:
+    """Restarts a running sshd so that it reads its configuration and blocked program again;
+    one stopped on purpose (the sshd fault) stays stopped and picks them up when started.
+    Sessions already open keep running as they were."""
+    if sshd_pid(settings, host) is not None:
+        stop_sshd(settings, host)
+        start_sshd(settings, host)
+
+
+def mounted_over(pid: int, path: str) -> bool:
+    """Whether something is mounted on `path` in the mount namespace of process `pid`."""
+    try:
+        lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    except OSError:
+        return False
+    # Field 5 is the mount point, with spaces and the like written as octal escapes.
+    return any(len(f) > 4 and f[4] == path for f in (line.split() for line in lines))
+
+
+def set_session_pythonpath(settings: Settings, host: str, directory: str | None) -> bool:
+    """Adds (or removes) 'SetEnv PYTHONPATH=DIRECTORY' in the host's sshd_config, which every
+    session sshd starts then has in its environment; returns whether the file changed. The line
+    goes before any Match block, so it applies to every session."""
+    path = settings.host_dir(host) / "sshd_config"
+    old = path.read_text().splitlines()
+    new = [line for line in old if not line.startswith(SETENV_PREFIX)]
+    if directory is not None:
+        match = next((i for i, line in enumerate(new) if line.startswith("Match ")), len(new))
+        new.insert(match, SETENV_PREFIX + directory)
+    if new == old:
+        return False
+    path.write_text("\n".join(new) + "\n")
+    run(SSHD, "-t", "-f", str(path))
+    return True
+
+
+def hostname_of(settings: Settings, host: str) -> str | None:
+    """The hostname the host reports now (in its UTS namespace), or None when it is not running."""
+    holder = uts_pid(settings, host)
+    if holder is None:
+        return None
+    return run("nsenter", "-t", str(holder), "-u", "--", "hostname", check=False).stdout.strip()
+
+
+def set_hostname(settings: Settings, host: str, name: str) -> None:
+    """Renames the host in the UTS namespace its hostname holder keeps: sshd, every session
+    (open or new) and `exec` are all in that namespace, so all of them see the new name."""
+    holder = uts_pid(settings, host)
+    if holder is None:
+        raise UserError(f"host {host} is not running (its hostname holder is gone)", UP_HINT,
+                        Exit.FAILED)
+    run("nsenter", "-t", str(holder), "-u", "--", "hostname", name)
 
 
 def ssh_login_ok(settings: Settings, host: str) -> bool:

@@ -202,6 +202,11 @@ BAD_INPUT = [
     (["fault", "h1", "meteor", "on"], "unknown fault kind 'meteor'"),
     (["fault", "h1", "link", "sideways"], "must be 'on' or 'off'"),
     (["fault", "h1", "loss", "on", "150"], "loss percent '150'"),
+    (["fault", "h1", "shadow", "on", "numpy"], "cannot shadow 'numpy'"),
+    (["fault", "h1", "hostname", "on", "h1"], "is h1's own name"),
+    (["fault", "h1", "hostname", "on", "no_such.name-"], "not a valid host name"),
+    (["fault", "h2", "reverse-name", "on", "h2"], "already resolves to h2's address"),
+    (["fault", "h1", "no-resolve", "on", "h9"], "no-resolve: unknown host 'h9'"),
     (["exec", "h9", "true"], "unknown host 'h9'"),
     (["exec", "h1"], "exec needs a host and a command"),
 ]
@@ -256,7 +261,9 @@ def test_help_documents_every_command_and_fault_kind():
     assert proc.returncode == 0
     for word in ("up [N]", "down", "status", "hosts", "exec HOST CMD", "fault HOST KIND on|off",
                  "--decoy-bridge", "--second-if", "--debian-hosts", "--mtu", "--ifname",
-                 "link", "loss", "delay", "sshd", "firewall", "mtu", "HVSIM_DIR", "HVSIM_PREFIX"):
+                 "link", "loss", "delay", "sshd", "firewall", "mtu", "debian-hosts", "orted",
+                 "shadow [MODULE]", "hostname [NAME]", "reverse-name [H]", "no-resolve [H]",
+                 "HVSIM_DIR", "HVSIM_PREFIX"):
         assert word in proc.stdout, word
     shim = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
     assert shim.returncode == 0 and shim.stdout == proc.stdout  # the README's command still works
@@ -368,6 +375,158 @@ def test_fault_debian_hosts_adds_then_removes_the_loopback_line(cluster):
         assert "fault: h1 debian-hosts on" in cluster.run("status").stdout
     assert own_address(via_ssh=False) == "10.231.0.11"
     assert own_address(via_ssh=True) == "10.231.0.11"
+
+
+ORTE_FAILED = "ORTE was unable to reliably start one or more daemons"
+
+
+def orted_runs(cluster, src: str, dst: str | None = None) -> bool:
+    """Whether the real orted runs on `dst` over ssh from `src` (on `src` itself, through
+    `exec`, when dst is None): its --help names the Open RTE daemon, /bin/false's does not."""
+    argv = ("orted", "--help")
+    proc = cluster.ssh(src, dst, *argv) if dst else cluster.exec(src, *argv)
+    return "Open RTE" in proc.stdout + proc.stderr
+
+
+def mpirun_hostnames(cluster, hosts: str) -> subprocess.CompletedProcess:
+    return cluster.exec("h1", "mpirun", "--allow-run-as-root", "-H", hosts, "-np", "2",
+                        "hostname", timeout=120)
+
+
+def test_fault_orted_stops_mpirun_starting_its_daemon_on_that_host_only(cluster):
+    if shutil.which("orted") is None or shutil.which("mpirun") is None:
+        pytest.skip("needs Open MPI (orted, mpirun)")
+    assert orted_runs(cluster, "h1", "h3")
+    with cluster.fault("h3", "orted"):
+        cluster.fault("h3", "orted", "on")  # idempotent
+        assert not orted_runs(cluster, "h1", "h3")
+        proc = cluster.ssh("h1", "h3", "hostname")
+        assert proc.returncode == 0 and proc.stdout.strip() == "h3", proc.stderr  # ssh is fine
+        # Only the sessions of h3's sshd see the mount: not h3 through exec, not h2, not here.
+        assert orted_runs(cluster, "h3") and orted_runs(cluster, "h1", "h2")
+        assert "orted" not in Path("/proc/self/mountinfo").read_text()
+        proc = mpirun_hostnames(cluster, "h1,h3")
+        assert proc.returncode != 0 and ORTE_FAILED in proc.stdout + proc.stderr, (
+            proc.stdout + proc.stderr)
+        assert "fault: h3 orted on" in cluster.run("status").stdout
+    assert orted_runs(cluster, "h1", "h3")
+    proc = mpirun_hostnames(cluster, "h1,h3")
+    assert proc.returncode == 0 and sorted(proc.stdout.split()) == ["h1", "h3"], proc.stderr
+    assert not (cluster.state_dir / "h3" / "blocked-program").exists()
+
+
+# Prints where a module comes from without importing it, and the version of its distribution.
+FIND_MODULE = ("import importlib.metadata as m, importlib.util as u, sys\n"
+               "spec = u.find_spec(sys.argv[1])\n"
+               "try:\n"
+               "    version = m.version(sys.argv[1])\n"
+               "except m.PackageNotFoundError:\n"
+               "    version = None\n"
+               "print(spec.origin if spec else None, version)\n")
+SHOW_VERSION = "import sys; mod = __import__(sys.argv[1]); print(mod.__version__, mod.__file__)"
+
+
+def test_fault_shadow_puts_an_old_package_first_on_the_ssh_sessions_pythonpath(cluster):
+    def found(host: str, module: str, via_ssh: bool = True) -> tuple[str, str]:
+        argv = (PY, "-c", f"'{FIND_MODULE}'" if via_ssh else FIND_MODULE, module)
+        proc = cluster.ssh("h1", host, *argv) if via_ssh else cluster.exec(host, *argv)
+        assert proc.returncode == 0, proc.stderr
+        origin, version = proc.stdout.split()
+        return origin, version
+
+    shadow = cluster.state_dir / "h2" / "shadow"
+    real = found("h2", "horovod")
+    with cluster.fault("h2", "shadow"):
+        cluster.fault("h2", "shadow", "on")  # idempotent
+        proc = cluster.ssh("h1", "h2", "python3", "-c", f"'{SHOW_VERSION}'", "horovod")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["0.19.0", f"{shadow}/horovod/__init__.py"]
+        # The installed distribution is still what importlib.metadata reports: the blind spot.
+        assert found("h2", "horovod") == (f"{shadow}/horovod/__init__.py", real[1])
+        assert found("h3", "horovod") == real and found("h2", "horovod", via_ssh=False) == real
+        # One module and nothing else (the import may have left a __pycache__).
+        assert sorted(p.name for p in shadow.rglob("*") if "__pycache__" not in p.parts) == [
+            "__init__.py", "horovod"]
+        assert "fault: h2 shadow on (horovod)" in cluster.run("status").stdout
+        cluster.fault("h2", "shadow", "on", "mpi4py")
+        proc = cluster.ssh("h1", "h2", "python3", "-c", f"'{SHOW_VERSION}'", "mpi4py")
+        assert proc.stdout.split() == ["3.0.3", f"{shadow}/mpi4py/__init__.py"], proc.stderr
+        assert found("h2", "horovod") == real
+    assert found("h2", "horovod") == real
+    assert not found("h2", "mpi4py")[0].startswith(str(shadow))
+    assert not shadow.exists()
+    assert "PYTHONPATH" not in (cluster.state_dir / "h2" / "sshd_config").read_text()
+
+
+def test_fault_hostname_makes_two_hosts_answer_the_same_name(cluster):
+    hosts_file = Path(f"/etc/netns/{cluster.prefix}-h2/hosts")
+    before = hosts_file.read_text()
+    with cluster.fault("h2", "hostname"):  # the next host's name: h3
+        for src in ("h1", "h3"):
+            assert cluster.ssh(src, "h2", "hostname").stdout.strip() == "h3"
+        assert cluster.ssh("h1", "h3", "hostname").stdout.strip() == "h3"
+        assert cluster.exec("h2", PY, "-c", "import socket; print(socket.gethostname())"
+                            ).stdout.strip() == "h3"
+        assert hosts_file.read_text() == before
+        assert "fault: h2 hostname on (h3)" in cluster.run("status").stdout
+        cluster.fault("h2", "hostname", "on", "node7.example")
+        assert cluster.ssh("h1", "h2", "hostname").stdout.strip() == "node7.example"
+    assert cluster.ssh("h1", "h2", "hostname").stdout.strip() == "h2"
+    assert cluster.exec("h2", "hostname").stdout.strip() == "h2"
+    assert cluster.fault("h3", "hostname").message.endswith("(h1)")  # wraps around
+    cluster.fault("h3", "hostname", "off")
+    assert cluster.exec("h3", "hostname").stdout.strip() == "h3"
+
+
+def etc_hosts(cluster) -> dict[str, str]:
+    return {h: Path(f"/etc/netns/{cluster.prefix}-{h}/hosts").read_text() for h in cluster.hosts}
+
+
+def resolve(cluster, host: str, name: str, via_ssh_from: str | None = None) -> str | None:
+    """The address `name` resolves to on `host`, None when it does not resolve."""
+    argv = ("getent", "hosts", name)
+    proc = (cluster.ssh(via_ssh_from, host, *argv) if via_ssh_from
+            else cluster.exec(host, *argv))
+    return proc.stdout.split()[0] if proc.returncode == 0 else None
+
+
+def test_fault_reverse_name_resolves_the_hosts_own_name_to_another_host(cluster):
+    before = etc_hosts(cluster)
+    with cluster.fault("h2", "reverse-name"):  # the next host: h3
+        cluster.fault("h2", "reverse-name", "on")  # idempotent
+        assert resolve(cluster, "h2", "h2") == "10.231.0.13"
+        assert resolve(cluster, "h2", "h2", via_ssh_from="h1") == "10.231.0.13"
+        assert resolve(cluster, "h2", "h3") == "10.231.0.13"
+        assert resolve(cluster, "h1", "h2") == "10.231.0.12"  # elsewhere it is right
+        after = etc_hosts(cluster)
+        assert {h: after[h] == before[h] for h in after} == {"h1": True, "h2": False, "h3": True}
+        assert after["h2"].count("\th2\n") == 1
+        assert read_state(cluster.settings).faults == {"h2 reverse-name": "h3"}
+        cluster.fault("h2", "reverse-name", "on", "h1")
+        assert resolve(cluster, "h2", "h2") == "10.231.0.11"
+    assert resolve(cluster, "h2", "h2") == "10.231.0.12"
+    assert etc_hosts(cluster) == before
+
+
+def test_fault_no_resolve_takes_one_name_from_one_host(cluster):
+    before = etc_hosts(cluster)
+    with cluster.fault("h2", "no-resolve"):  # h1 by default
+        assert resolve(cluster, "h2", "h1") is None
+        assert resolve(cluster, "h2", "h1", via_ssh_from="h3") is None
+        assert resolve(cluster, "h3", "h1") == "10.231.0.11"  # the others still resolve it
+        assert resolve(cluster, "h2", "h3") == "10.231.0.13"
+        assert "fault: h2 no-resolve on (h1)" in cluster.run("status").stdout
+        # Another name: the first one comes back. With reverse-name too, either goes alone.
+        cluster.fault("h2", "no-resolve", "on", "h3")
+        assert resolve(cluster, "h2", "h1") == "10.231.0.11"
+        assert resolve(cluster, "h2", "h3") is None
+        with cluster.fault("h2", "reverse-name", value="h1"):
+            assert resolve(cluster, "h2", "h2") == "10.231.0.11"
+            assert resolve(cluster, "h2", "h3") is None
+        assert resolve(cluster, "h2", "h2") == "10.231.0.12"
+        assert resolve(cluster, "h2", "h3") is None
+    assert etc_hosts(cluster) == before
+    assert "faults: none" in cluster.run("status").stdout
 
 
 def test_exec_takes_an_environment_and_working_directory(cluster, tmp_path):
