@@ -16,10 +16,13 @@ and the MPI test.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +32,7 @@ from common import (
     IFACE,
     PREFIX,
     PYTHON,
+    ROOT,
     Cluster,
     Say,
     fmt,
@@ -65,15 +69,36 @@ class PreflightRun:
 SCRATCH = (Path(f"/tmp/{PREFIX}-{NAME}.hostfile"), Path(f"/tmp/{PREFIX}-{NAME}.json"))
 
 
-def preflight_argv(hosts: Sequence[str], mpi: bool) -> list[str]:
+def preflight_argv(hosts: Sequence[str], mpi: bool, scripts: Path | None = None) -> list[str]:
+    """The preflight's command; scripts: another revision's scripts/ folder to run instead."""
     argv = [PYTHON, "-m", "preflight", "--hosts", ",".join(hosts),
             "--hostfile", str(SCRATCH[0]), "--report", str(SCRATCH[1])]
+    if scripts is not None:
+        argv = ["env", f"PYTHONPATH={scripts}", *argv]
     return argv if mpi else [*argv, "--no-mpi"]
 
 
-def run_preflight(cluster: Cluster, hosts: Sequence[str], mpi: bool) -> PreflightRun:
+@contextlib.contextmanager
+def worktree(rev: str | None) -> Iterator[Path | None]:
+    """The scripts/ folder of git revision rev, checked out in a temporary worktree."""
+    if rev is None:
+        yield None
+        return
+    where = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev],
+                   check=True, capture_output=True, text=True)
+    try:
+        yield where / "scripts"
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)],
+                       check=False, capture_output=True)
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def run_preflight(cluster: Cluster, hosts: Sequence[str], mpi: bool,
+                  scripts: Path | None = None) -> PreflightRun:
     """One preflight from h1, its stderr lines stamped as they come."""
-    argv = cluster.exec_argv("h1", preflight_argv(hosts, mpi))
+    argv = cluster.exec_argv("h1", preflight_argv(hosts, mpi, scripts))
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=cluster.env(),
@@ -126,16 +151,20 @@ def run_horovodrun(cluster: Cluster, hosts: Sequence[str], nics: bool) -> float:
     return result.seconds
 
 
-def measure_hosts(cluster: Cluster, n: int, repeat: int, say: Say) -> dict:
+def measure_hosts(cluster: Cluster, n: int, repeat: int, say: Say,
+                  baseline: Path | None = None) -> dict:
     hosts = cluster.hosts(n)
-    runs: dict[str, list] = {"preflight": [], "preflight_no_mpi": [], "horovodrun": [],
-                             "horovodrun_nics": []}
+    order = ["preflight", "preflight_no_mpi", "horovodrun", "horovodrun_nics"]
+    if baseline is not None:
+        order.insert(1, "baseline")
+    runs: dict[str, list] = {kind: [] for kind in order}
     for i in range(repeat):
         say(f"preflight cost: {n} host(s), repeat {i + 1}/{repeat}")
         # Alternate the order so a drift in the machine's load does not favour one side.
-        order = ["preflight", "preflight_no_mpi", "horovodrun", "horovodrun_nics"]
         for kind in order if i % 2 == 0 else order[::-1]:
-            if kind.startswith("preflight"):
+            if kind == "baseline":
+                runs[kind].append(run_preflight(cluster, hosts, True, baseline))
+            elif kind.startswith("preflight"):
                 runs[kind].append(run_preflight(cluster, hosts, kind == "preflight"))
             else:
                 runs[kind].append(run_horovodrun(cluster, hosts, kind == "horovodrun_nics"))
@@ -151,7 +180,12 @@ def summarise(n: int, runs: dict[str, list]) -> dict:
     # steadier than the difference of the medians.
     discovery = median(a - b for a, b in zip(runs["horovodrun"], runs["horovodrun_nics"]))
     stage_names = runs["preflight"][0].stages.keys()
+    baseline = median(r.seconds for r in runs.get("baseline", []))
     return {
+        "baseline_s": baseline,
+        # Paired like discovery: each repeat ran both preflights back to back.
+        "vs_baseline": median(a.seconds / b.seconds for a, b in zip(
+            runs["preflight"], runs.get("baseline", []))),
         "hosts": n,
         "preflight_s": pre, "preflight_no_mpi_s": pre_no_mpi,
         "preflight_stages_s": {s: median(r.stages.get(s) for r in runs["preflight"])
@@ -168,8 +202,9 @@ def summarise(n: int, runs: dict[str, list]) -> dict:
     }
 
 
-def measure(cluster: Cluster, host_counts: Sequence[int], repeat: int, say: Say) -> dict:
-    rows = [measure_hosts(cluster, n, repeat, say) for n in host_counts]
+def measure(cluster: Cluster, host_counts: Sequence[int], repeat: int, say: Say,
+            baseline: Path | None = None) -> dict:
+    rows = [measure_hosts(cluster, n, repeat, say, baseline) for n in host_counts]
     largest = rows[-1]
     target = None
     if largest["hosts"] > 1 and largest["discovery_s"] is not None:
@@ -204,6 +239,10 @@ def report(result: dict, console: Console) -> list:
     t = result["target"]
     console.print(f"target: {t['what']}: {verdict(t['met'])} "
                   f"(with --no-mpi: {verdict(t['met_no_mpi'])})")
+    if result.get("baseline"):
+        console.print(f"against {result['baseline']} (same runs, paired): " + ", ".join(
+            f"{r['hosts']} host(s) {fmt(r['baseline_s'])} s -> {fmt(r['preflight_s'])} s "
+            f"({fmt(r['vs_baseline'], '.2f', 'x')})" for r in result["rows"]))
     return [table]
 
 
@@ -225,9 +264,11 @@ def plot(result: dict):
 
 
 def run(cluster: Cluster, host_counts: Sequence[int], repeat: int, console: Console,
-        say: Say) -> dict:
+        say: Say, baseline_rev: str | None = None) -> dict:
     try:
-        result = measure(cluster, host_counts, repeat, say)
+        with worktree(baseline_rev) as baseline:
+            result = {**measure(cluster, host_counts, repeat, say, baseline),
+                      "baseline": baseline_rev}
     finally:
         for path in SCRATCH:
             path.unlink(missing_ok=True)

@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"--quick {QUICK_EPOCHS}); the first is left out of the rate")
     parser.add_argument("--allreduce-hosts", type=int, choices=(2, 3), default=ALLREDUCE_RANKS,
                         help="hosts (one rank each) for the allreduce benchmark")
+    parser.add_argument("--baseline", metavar="REV", default=None,
+                        help="also time the preflight of git revision REV (a temporary "
+                             "worktree), side by side in the same runs: what a change costs")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run in about two minutes: fewer hosts, one repeat, fewer "
                              "epochs, smaller byte budgets; the figures are rough")
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"building a {cluster_size(args)}-host cluster ({PREFIX}-h1..)")
     with Cluster(cluster_size(args)) as cluster:
         if "preflight" in args.only:
-            preflight_cost.run(cluster, args.hosts, args.repeat, console, say)
+            preflight_cost.run(cluster, args.hosts, args.repeat, console, say, args.baseline)
         if "step" in args.only:
             step_cost.run(cluster, args.epochs, args.repeat, console, say)
         if "allreduce" in args.only:

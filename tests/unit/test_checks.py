@@ -12,7 +12,9 @@ import pytest
 from preflight import checks
 from preflight.checks import clock, resolve, resources, software
 from preflight.checks import ssh as ssh_checks
-from preflight.facts import Facts
+from preflight.checks.context import Context
+from preflight.choice import InterfaceChoice
+from preflight.facts import Facts, HostProbe
 from preflight.proc import Ran
 from preflight.result import Status
 
@@ -277,6 +279,26 @@ def test_the_same_imports_everywhere_pass():
     assert result.status is Status.PASS
 
 
+def test_a_launcher_with_other_software_than_every_other_host_is_the_one_that_fails():
+    old = raw("h1")
+    old["packages"]["horovod"] = "0.27.0"
+    hosts = {"h1": Facts.from_dict(old), "h2": facts("h2"), "h3": facts("h3")}
+    ctx = context(hosts)
+    results = {h: software.check(h, ctx)[0] for h in hosts}
+    assert results["h1"].status is Status.FAIL
+    assert results["h1"].detail.startswith("differs from most hosts: Horovod 0.27.0 (most "
+                                           "hosts, e.g. h2: 0.28.1)")
+    assert results["h2"].status is Status.PASS and results["h3"].status is Status.PASS
+
+
+def test_with_two_hosts_the_launcher_is_the_reference():
+    old = raw("h2")
+    old["packages"]["horovod"] = "0.27.0"
+    ctx = context({"h1": facts("h1"), "h2": Facts.from_dict(old)})
+    assert software.check("h1", ctx)[0].status is Status.PASS
+    assert "(launcher h1: 0.28.1)" in software.check("h2", ctx)[0].detail
+
+
 def test_an_orted_that_does_not_start_fails_for_mpi_and_warns_for_gloo():
     d = with_modules("h2")
     d["mpi_daemon"] = {"name": "orted", "path": "/usr/bin/orted", "runs": False,
@@ -354,6 +376,31 @@ def test_skew_over_a_second_warns_and_over_a_minute_fails():
 def test_skew_detail_gives_the_uncertainty():
     assert clock.check_skew("h2", 101.0, 100.0, 100.2).detail == (
         "+0.900 s (± 0.100 s) against the launcher")
+
+
+def context(facts_by_host: dict[str, Facts], launcher: str = "h1") -> Context:
+    """Every host probed at its own facts' time, as if the launcher's clock read 1000.0."""
+    probes = {h: HostProbe(h, h == launcher, None, f, None, 1000.0, 1000.2)
+              for h, f in facts_by_host.items()}
+    return Context(probes, facts_by_host, InterfaceChoice(None), {h: 1 for h in facts_by_host},
+                   frozenset(), launcher, 10.0)
+
+
+def test_a_launcher_whose_clock_is_off_from_all_others_is_the_one_that_fails():
+    at = {"h1": 1000.1, "h2": 1120.1, "h3": 1120.2, "h4": 1120.0}
+    ctx = context({h: facts(h if h != "h4" else "h3", time=t) for h, t in at.items()})
+    results = {h: clock.check(h, ctx)[0] for h in at}
+    assert results["h1"].status is Status.FAIL
+    assert "against most hosts (the launcher is -119.950 s off them)" in results["h1"].detail
+    assert {results[h].status for h in ("h2", "h3", "h4")} == {Status.PASS}
+
+
+def test_one_host_off_from_the_launcher_and_the_rest_is_the_one_named():
+    at = {"h1": 1000.1, "h2": 1000.1, "h3": 1005.1}
+    ctx = context({h: facts(h, time=t) for h, t in at.items()})
+    assert [clock.check(h, ctx)[0].status for h in at] == [Status.PASS, Status.PASS,
+                                                          Status.WARN]
+    assert clock.check("h3", ctx)[0].detail.endswith("against the launcher")
 
 
 # --- ids ---------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ Ids:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ..facts import Facts, FoundModule
 from ..result import CheckResult, failed, no_facts, passed, skipped, warned
 from .context import Context
@@ -39,8 +41,21 @@ def check(host: str, ctx: Context) -> list[CheckResult]:
     f = ctx.facts.get(host)
     if f is None or ctx.reference is None:
         return no_facts(*IDS)
-    return [check_versions(host, f, ctx.facts[ctx.reference], ctx.reference),
+    reference = majority(ctx.facts, ctx.reference)
+    label = (f"launcher {reference}" if reference == ctx.reference
+             else f"most hosts, e.g. {reference}")
+    return [check_versions(host, f, ctx.facts[reference], reference, label),
             check_orted(host, f, ctx.probes[host].local, ctx.mpi)]
+
+
+def majority(facts: Mapping[str, Facts], launcher: str) -> str:
+    """The host whose software most hosts share, so that a launcher that is the odd one out is
+    the host that fails; the launcher wins a tie."""
+    groups: dict[tuple, list[str]] = {}
+    for host, f in facts.items():
+        groups.setdefault(tuple(versions(f).items()), []).append(host)
+    best = max(groups.values(), key=lambda hosts: (len(hosts), launcher in hosts))
+    return launcher if launcher in best else best[0]
 
 
 def imported(f: Facts, name: str) -> str | None:
@@ -79,8 +94,11 @@ def shadowed(f: Facts) -> list[tuple[str, FoundModule, str]]:
     return found
 
 
-def check_versions(host: str, f: Facts, reference: Facts, reference_host: str) -> CheckResult:
-    """software.versions for `host` against the launcher's facts."""
+def check_versions(host: str, f: Facts, reference: Facts, reference_host: str,
+                   label: str | None = None) -> CheckResult:
+    """software.versions for `host` against the reference host's facts (the launcher's, unless
+    most hosts agree on something else)."""
+    label = label or f"launcher {reference_host}"
     remedy = f"run make setup on {host}"
     shadows = shadowed(f)
     if shadows:
@@ -94,10 +112,11 @@ def check_versions(host: str, f: Facts, reference: Facts, reference_host: str) -
             return failed(VERSIONS,
                           f"Horovod on {host} was built without {' and '.join(missing)}",
                           f"rebuild Horovod: make setup FORCE=1 on {host}")
-    differ = [f"{k} {mine[k] or 'missing'} (launcher {reference_host}: {theirs[k] or 'missing'})"
+    differ = [f"{k} {mine[k] or 'missing'} ({label}: {theirs[k] or 'missing'})"
               f"{located(f, k)}" for k in mine if mine[k] != theirs[k]]
     if differ:
-        return failed(VERSIONS, "differs from the launcher: " + "; ".join(differ), remedy)
+        whom = "the launcher" if label.startswith("launcher") else "most hosts"
+        return failed(VERSIONS, f"differs from {whom}: " + "; ".join(differ), remedy)
     summary = ", ".join(f"{k} {v}" for k, v in mine.items() if v)
     if f.horovod_build is None:
         return warned(VERSIONS, summary + "; Horovod build flags unknown",
