@@ -24,7 +24,7 @@ preflight: setup ## check every host, write hostfile and preflight.json (HOSTS=,
 		--hostfile "$(or $(HOSTFILE),hostfile)" --report "$(REPORT)" $(PREFLIGHT_ARGS)
 
 train: setup ## preflight, then horovodrun template/train.py (HOSTFILE=, NP=, EPOCHS=, RESUME=, ELASTIC=1, ...)
-	@bash scripts/train.sh
+	@$(PY) -m preflight.train
 
 test: setup ## run the whole test suite (unit and simulated cluster; needs root for the cluster)
 	@$(PY) -m pytest $(PYTEST_ARGS)
@@ -39,19 +39,19 @@ bench: setup ## benchmarks on the simulated cluster; figures to bench/results/
 	@$(PY) bench/run.py $(BENCH_ARGS)
 
 cluster-up: ## simulated cluster of N hosts in network namespaces (N=3, CLUSTER_OPTS=)
-	@bash scripts/cluster.sh up $(N) $(CLUSTER_OPTS)
+	@PYTHONPATH=scripts python3 -m simcluster up $(N) $(CLUSTER_OPTS)
 
 cluster-down: ## remove the simulated cluster and everything it made
-	@bash scripts/cluster.sh down
+	@PYTHONPATH=scripts python3 -m simcluster down
 
 cluster-status: ## hosts, addresses, sshd and faults of the simulated cluster
-	@bash scripts/cluster.sh status
+	@PYTHONPATH=scripts python3 -m simcluster status
 
 cluster-exec: ## run CMD on simulated host HOST (make cluster-exec HOST=h1 CMD='make train')
-	@bash scripts/cluster.sh exec "$(HOST)" bash -c "$(CMD)"
+	@PYTHONPATH=scripts python3 -m simcluster exec "$(HOST)" bash -c "$(CMD)"
 
 cluster-fault: ## inject or remove a fault (HOST=h2 FAULT=firewall STATE=on|off VALUE=)
-	@bash scripts/cluster.sh fault "$(HOST)" "$(FAULT)" "$(or $(STATE),on)" $(VALUE)
+	@PYTHONPATH=scripts python3 -m simcluster fault "$(HOST)" "$(FAULT)" "$(or $(STATE),on)" $(VALUE)
 
 new-project: ## copy the template into a new project (DEST=../my-project)
 	@bash scripts/new_project.sh "$(DEST)"

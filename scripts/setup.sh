@@ -101,8 +101,8 @@ ensure_python_build_parts() {  # venv module and headers (Horovod compiles again
 }
 
 # --- the venv --------------------------------------------------------------------------------
-stamp_of() {  # what the installed venv must match: the pins, this script, the variant, the Python
-  cat "$ROOT"/requirements*.txt "$ROOT/scripts/setup.sh" | sha256sum | cut -c1-16
+stamp_of() {  # what the venv must match: the pins, this script, the package (entry points), variant, Python
+  cat "$ROOT"/requirements*.txt "$ROOT/scripts/setup.sh" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16
   echo "variant=$VARIANT python=$1"
 }
 

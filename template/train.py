@@ -131,7 +131,7 @@ def restore_or_build(cfg: config_module.Config, scaled_lr: float
     return model, epoch, run
 
 
-# Elastic mode (make train ELASTIC=1): horovodrun asks scripts/discover_hosts.sh which hosts are
+# Elastic mode (make train ELASTIC=1): horovodrun asks preflight.discover which hosts are
 # healthy; when one stops answering, the others get an error from their next collective, roll
 # back to the last committed state, form a new, smaller world and go on. Hosts that come back
 # join at the next commit. A worker that joins late runs main() from the top while the others

@@ -23,8 +23,12 @@ def make_train(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess:
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one line of a refusal: exit 2, `make train: error: WHAT; FIX`."""
+    assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("make train:")]
     assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("make train: error: "), lines[0]
+    assert "; " in lines[0] or "e.g." in lines[0], lines[0]  # the fix
     return lines[0]
 
 
@@ -40,7 +44,18 @@ def test_empty_hostfile_is_refused(tmp_path: Path) -> None:
     empty.write_text("# nothing here\n\n")
     proc = make_train(tmp_path, HOSTFILE=str(empty))
     assert proc.returncode != 0
-    assert "lists no hosts" in error_line(proc)
+    assert "no hosts in the inventory" in error_line(proc)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_hostfile_with_bad_slots_is_one_line_naming_the_line_and_the_fix(tmp_path: Path) -> None:
+    bad = tmp_path / "hosts"
+    bad.write_text("# two hosts\nlocalhost slots=abc\n")
+    proc = make_train(tmp_path, HOSTFILE=str(bad))
+    line = error_line(proc)
+    assert f"HOSTFILE={bad} line 2: slots='abc' for localhost" in line
+    assert "e.g. 'localhost slots=2'" in line
+    assert not (tmp_path / "preflight.json").exists()  # refused before any preflight
     assert not (tmp_path / "runs").exists()
 
 

@@ -43,6 +43,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bandwidth", action="store_true",
                    help="also measure the MPI bandwidth matrix (slower)")
     p.add_argument("--no-mpi", action="store_true", help="skip the MPI allreduce test")
+    p.add_argument("--deep", action="store_true",
+                   help="also run one real Horovod allreduce through horovodrun on the hosts "
+                        "that passed, with the training's imports (finds a Horovod built "
+                        "against another TensorFlow); costs a TensorFlow import on every host, "
+                        "about 10-30 s more")
     p.add_argument("--elastic", action="store_true",
                    help="check for an elastic (Gloo) job: two hosts with one hostname fail "
                         "instead of warning")
@@ -102,7 +107,7 @@ def run(argv: list[str] | None) -> int:
     progress = report.Progress(Console(stderr=True, highlight=False), quiet=args.quiet)
     options = pipeline.Options(timeout_s=args.timeout, bandwidth=args.bandwidth,
                                mpi=not args.no_mpi, neighbours=args.neighbours,
-                               elastic=args.elastic)
+                               elastic=args.elastic, deep=args.deep)
     with progress.running():
         outcome = pipeline.run(inventory, options, progress)
     outcome, note = report.write_outputs(outcome, args.hostfile, args.report, inventory.source)

@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import agents, checks
+from .active import deep
 from .active import mesh as mesh_runner
 from .active import mpi as mpi_runner
 from .checks import mesh, mpi, mtu, resolve
 from .checks.context import Context
 from .choice import InterfaceChoice, choose_interface
+from .errors import UserError
 from .facts import Facts, HostProbe, Interface
 from .inventory import Host, Inventory
+from .launch.command import network_interfaces
 from .remote import Ssh, fan_out, is_local
 from .result import CheckResult, HostReport, Report, Status, failed, skipped
 
@@ -30,6 +33,7 @@ TRAIN_SCRIPT = PROJECT_DIR / "template" / "train.py"
 # Runs the venv's Python where it exists, else python3, on the probe sent on stdin.
 REMOTE_SH = 'p="$1"; shift; [ -x "$p" ] || p=python3; exec "$p" - "$@"'
 Say = Callable[[str], None]
+DEEP_MIN_S = 90.0  # the deep check's budget at least: a TensorFlow import on every host
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Options:
     mpi: bool = True
     neighbours: bool = False
     elastic: bool = False  # the job runs over Gloo: host names must be unique
+    deep: bool = False  # also one real Horovod allreduce through horovodrun
     python: str = sys.executable
     project: str = str(PROJECT_DIR)
     script: str = str(TRAIN_SCRIPT)
@@ -156,7 +161,30 @@ def active_tests(ssh: Ssh, choice: InterfaceChoice, slots: Mapping[str, int], op
     for name in names:
         results[name] += mpi_results.get(name) or [
             skipped(mpi.ALLREDUCE, "not run: failed earlier checks")]
+    if options.deep:
+        ready = [n for n in healthy(names, results) if n in choice.names]
+        deep_results = run_deep_step(choice, ready, options, say)
+        for name in names:
+            results[name] += deep_results.get(name) or [
+                skipped(mpi.HOROVOD, "not run: failed earlier checks")]
     return matrices
+
+
+def run_deep_step(choice: InterfaceChoice, ready: list[str], options: Options, say: Say
+                  ) -> dict[str, list[CheckResult]]:
+    if not ready:
+        return {}
+    try:  # the value make train will give horovodrun
+        interfaces = network_interfaces({"interface": choice.interface,
+                                         "interface_cidr": choice.cidr}, options.elastic)
+    except UserError as exc:
+        return {n: [skipped(mpi.HOROVOD, f"not run: {exc}")] for n in ready}
+    say(f"Horovod allreduce through horovodrun over {len(ready)} host(s) (--deep)")
+    try:
+        return deep.run_deep(ready, interfaces, options.python, options.elastic,
+                             timeout_s=max(DEEP_MIN_S, 9 * options.timeout_s))
+    except Exception as exc:
+        return crashed(ready, mpi.HOROVOD, exc)
 
 
 def run_mesh_step(ssh: Ssh, choice: InterfaceChoice, ready: list[str], options: Options,

@@ -96,3 +96,15 @@ def test_link_down_on_h2_fails_its_ssh_login_in_bounded_time(cluster, tmp_path):
     assert failures(doc, "h1") == {}
     assert hostfile == "h1 slots=2\n"
     assert elapsed < 15
+
+
+def test_deep_starts_horovod_itself_on_the_healthy_hosts(cluster, tmp_path):
+    code, doc, hostfile, elapsed = preflight(cluster, tmp_path, "--deep", timeout_s=300)
+    assert code == 1  # h3's Debian line, as always here
+    for host in ("h1", "h2"):
+        deep = checks(doc, host)["mpi.horovod"]
+        assert deep["status"] == "pass", deep
+        assert "over 2 host(s) (h1, h2)" in deep["detail"]
+    assert checks(doc, "h3")["mpi.horovod"]["status"] == "skip"
+    assert hostfile == "h1 slots=2\nh2 slots=2\n"
+    print(f"--deep over 2 hosts: {elapsed:.1f} s")

@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_PY = ROOT / ".venv" / "bin" / "python"
-CLUSTER_SH = ROOT / "scripts" / "cluster.sh"
+TRAIN = (str(VENV_PY), "-m", "preflight.train")  # what make train runs
+CLUSTER_SH = ROOT / "scripts" / "cluster.sh"  # runs `python3 -m simcluster`, as a user would
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -26,8 +27,7 @@ def test_preflight_then_training_across_three_hosts(cluster, tmp_path: Path) -> 
         env = {**os.environ, "HOSTS": "h1:1,h2:1,h3:1", "REPORT": str(tmp_path / "pf.json"),
                "PREFLIGHT_HOSTFILE": str(tmp_path / "hostfile"), "OUT": str(tmp_path / "runs"),
                "EPOCHS": "15"}
-        proc = cluster.exec("h1", "bash", str(ROOT / "scripts" / "train.sh"), env=env,
-                            cwd=str(ROOT), timeout=600)
+        proc = cluster.exec("h1", *TRAIN, env=env, cwd=str(ROOT), timeout=600)
     finally:
         cluster.fault("h3", "debian-hosts", "on")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -51,15 +51,16 @@ def test_preflight_then_training_across_three_hosts(cluster, tmp_path: Path) -> 
 def renamed_env(tmp_path: Path):
     """A cluster of its own (prefix hvif) where h2 calls its link ens5 and the others eth0."""
     if os.geteuid() != 0:
-        pytest.skip("needs root: scripts/cluster.sh builds network namespaces")
+        pytest.skip("needs root: simcluster builds network namespaces")
+    from simcluster import Cluster, UpOptions  # scripts/ is on sys.path (conftest.py)
+
     env = {**os.environ, "HVSIM_PREFIX": "hvif", "HVSIM_DIR": str(tmp_path / "state")}
+    renamed = Cluster.from_env(env)
     try:
-        up = subprocess.run([str(CLUSTER_SH), "up", "3", "--ifname", "h2=ens5"], env=env,
-                            capture_output=True, text=True, timeout=180)
-        assert up.returncode == 0, up.stdout + up.stderr
+        renamed.up(UpOptions.parse("3", ifname="h2=ens5"))
         yield env
     finally:
-        subprocess.run([str(CLUSTER_SH), "down"], env=env, capture_output=True, timeout=120)
+        renamed.down()
 
 
 def test_hosts_that_name_the_interface_differently_still_train_together(renamed_env,
@@ -67,8 +68,7 @@ def test_hosts_that_name_the_interface_differently_still_train_together(renamed_
     env = {**renamed_env, "HOSTS": "h1:1,h2:1,h3:1", "REPORT": str(tmp_path / "pf.json"),
            "PREFLIGHT_HOSTFILE": str(tmp_path / "hostfile"), "OUT": str(tmp_path / "runs"),
            "EPOCHS": "3"}
-    proc = subprocess.run([str(CLUSTER_SH), "exec", "h1", "bash", str(ROOT / "scripts" /
-                                                                     "train.sh")],
+    proc = subprocess.run([str(CLUSTER_SH), "exec", "h1", *TRAIN],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "pf.json").read_text())
@@ -79,8 +79,7 @@ def test_hosts_that_name_the_interface_differently_still_train_together(renamed_
     metrics = json.loads((run / "metrics.json").read_text())
     assert sorted(metrics["rank_hosts"]) == ["h1", "h2", "h3"]
 
-    gloo = subprocess.run([str(CLUSTER_SH), "exec", "h1", "bash",
-                           str(ROOT / "scripts" / "train.sh")],
+    gloo = subprocess.run([str(CLUSTER_SH), "exec", "h1", *TRAIN],
                           env={**env, "ELASTIC": "1", "HOSTFILE": str(tmp_path / "hostfile")},
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert gloo.returncode == 2

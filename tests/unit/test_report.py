@@ -7,8 +7,9 @@ import json
 
 from rich.console import Console
 
-from preflight import launch, report
+from preflight import report
 from preflight.checks.interface import InterfaceChoice
+from preflight.launch.command import settings
 from preflight.pipeline import Outcome
 from preflight.result import HostReport, Report, failed, passed, skipped, warned
 
@@ -70,8 +71,8 @@ def test_report_json_has_the_documented_shape(tmp_path):
 
 def test_make_train_accepts_the_hostfile_the_report_vouches_for(tmp_path):
     _, _, hostfile, rep = write(tmp_path)
-    assert launch.vouches(launch.load_report(rep), hostfile)
-    assert launch.settings(launch.load_report(rep), hostfile, None) == (4, "eth0")
+    assert report.vouches(report.read_report(rep), hostfile)
+    assert settings(report.read_report(rep), hostfile, None) == (4, "eth0")
 
 
 def test_no_healthy_host_writes_no_hostfile_and_removes_a_stale_one(tmp_path):

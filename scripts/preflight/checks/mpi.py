@@ -15,6 +15,9 @@ Ids:
 - `mpi.latency`: half the round trip of 8 bytes per host pair; a pair far above the others
   warns.
 - `mpi.bandwidth`: with --bandwidth, MB/s per direction of each pair; far below the others warns.
+- `mpi.horovod`: with --deep, horovodrun itself starts one rank per host that imports Horovod's
+  TensorFlow layer and allreduces; a host whose import or collective fails (a Horovod built
+  against another TensorFlow) fails, named by halving the hosts.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ FAMILY = "mpi"
 ALLREDUCE = "mpi.allreduce"
 LATENCY = "mpi.latency"
 BANDWIDTH = "mpi.bandwidth"
-IDS = (ALLREDUCE, LATENCY, BANDWIDTH)
+HOROVOD = "mpi.horovod"
+IDS = (ALLREDUCE, LATENCY, BANDWIDTH, HOROVOD)
 STAGE = "active"
 MESSAGE_MIB = 8
 SLOW_LATENCY = 5.0  # a pair this many times the typical latency (and 250 us above it) is slow
@@ -196,7 +200,7 @@ def bystander_result(name: str, culprits: list[str], output: ProbeOutput, layout
 # What a failed rank or ssh says that matters more than mpirun's framing around it.
 TELLING = re.compile(r"(command not found|No such file or directory|Permission denied|"
                      r"Host key verification failed|error while loading shared libraries|"
-                     r"^ssh: |^\w+(Error|Exception): )")
+                     r"undefined symbol|^ssh: |^[\w.]+(Error|Exception): )")
 DASHES = re.compile(r"^-{20,}$")
 
 
@@ -223,8 +227,8 @@ def headline(text: str) -> str:
 
 
 def strip_tag(line: str) -> str:
-    """A line without mpirun's '[1,0]<stderr>:' tag and surrounding space."""
-    return re.sub(r"^\[\d+,\d+\]<std(out|err)>:", "", line).strip()
+    """A line without mpirun's '[1,0]<stderr>:' (or horovodrun's '[0]<stderr>:') tag."""
+    return re.sub(r"^\[\d+(,\d+)?\]<std(out|err)>:", "", line).strip()
 
 
 def explain_exit(run: Ran, hosts: Sequence[str]) -> tuple[str, str]:
@@ -368,3 +372,32 @@ def bandwidth_result(name: str, rates: Mapping[str, Mapping[str, float]], slow: 
                       f"check {name}'s link speed and errors: ethtool {interface}; "
                       f"ip -s link show {interface}")
     return passed(BANDWIDTH, text)
+
+
+# --- the deep check: Horovod itself ---------------------------------------------------------------
+
+def horovod_events(stdout: str) -> list[dict]:
+    """The deep check's rank lines, tags stripped."""
+    events = (parse_event(strip_tag(line)) for line in stdout.splitlines())
+    return [e for e in events if e and e.get("event") == "horovod"]
+
+
+def horovod_ok(events: list[dict], ranks: int) -> bool:
+    """Every rank reported, and each got the right sum."""
+    return len({e.get("rank") for e in events}) == ranks and all(
+        e.get("sum") == e.get("expected") for e in events)
+
+
+def horovod_passed(hosts: Sequence[str], run: Ran, note: str = "") -> CheckResult:
+    return passed(HOROVOD, f"horovodrun: Horovod's TensorFlow allreduce over {len(hosts)} "
+                           f"host(s) ({', '.join(hosts)}) checked in {run.seconds:.1f}s{note}")
+
+
+def horovod_failed(hosts: Sequence[str], run: Ran) -> CheckResult:
+    where = f"on {hosts[0]}" if len(hosts) == 1 else f"over {', '.join(hosts)}"
+    state = (f"hung for {run.seconds:.0f}s" if run.timed_out
+             else f"exited with {run.returncode}")
+    return failed(HOROVOD, f"horovodrun {where} {state}: {headline(run.stderr + run.stdout)}",
+                  f"rebuild Horovod against this TensorFlow where it fails: make setup FORCE=1"
+                  f"{' on ' + hosts[0] if len(hosts) == 1 else ''}; then try by hand: "
+                  f"python -c 'import horovod.tensorflow as h; h.init()'")
