@@ -306,7 +306,8 @@ def test_an_orted_that_does_not_start_fails_for_mpi_and_warns_for_gloo():
     f = Facts.from_dict(d)
     fail = software.check_orted("h2", f, local=False, mpi=True)
     assert fail.status is Status.FAIL
-    assert fail.detail.startswith("/usr/bin/orted does not start on h2 over non-interactive ssh")
+    assert fail.detail.startswith("/usr/bin/orted on h2 does not start as Open MPI's daemon "
+                                  "over non-interactive ssh (orted --help said: exit 1)")
     assert "ssh h2 orted --help" in fail.remedy
     assert software.check_orted("h2", f, local=False, mpi=False).status is Status.WARN
     assert software.check_orted("h2", f, local=True, mpi=True).status is Status.PASS

@@ -100,8 +100,9 @@ def check_peers(host: str, names: list[str], facts: Mapping[str, Facts]) -> Chec
     why = mine.resolution(cannot[0]).error or "no address"
     return failed(PEERS, f"{host} cannot resolve {', '.join(cannot)} ({why}), which the other "
                          "hosts resolve",
-                  f"fix the resolver on {host}: add {', '.join(cannot)} with their addresses to "
-                  f"/etc/hosts there, or correct its DNS settings (/etc/resolv.conf)")
+                  f"fix the resolver on {host}: add {', '.join(cannot)} with "
+                  f"{'its address' if len(cannot) == 1 else 'their addresses'} to /etc/hosts "
+                  "there, or correct its DNS settings (/etc/resolv.conf)")
 
 
 def check_identity(host: str, facts: Mapping[str, Facts], strict: bool) -> CheckResult:

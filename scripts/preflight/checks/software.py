@@ -155,8 +155,11 @@ def check_orted(host: str, f: Facts, local: bool, mpi: bool) -> CheckResult:
         return passed(ORTED, "the launcher: mpirun starts its ranks here itself")
     if daemon.runs:
         return passed(ORTED, f"{daemon.path} starts over non-interactive ssh")
-    where = f"{daemon.path} does not start" if daemon.path else f"no {daemon.name} on PATH"
-    detail = f"{where} on {host} over non-interactive ssh: {daemon.error}"
+    if daemon.path:
+        detail = (f"{daemon.path} on {host} does not start as Open MPI's daemon over "
+                  f"non-interactive ssh ({daemon.name} --help said: {daemon.error})")
+    else:
+        detail = f"no {daemon.name} on {host}'s non-interactive PATH ({daemon.error})"
     remedy = (f"make {daemon.name} run on {host} for non-interactive ssh: install Open MPI "
               f"there (make setup) or put its bin directory on PATH before ~/.bashrc returns for "
               f"non-interactive shells; check: ssh {host} {daemon.name} --help")
