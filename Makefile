@@ -16,7 +16,7 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 	@echo "Variables: see README.md (HOSTS, INVENTORY, HOSTFILE, NP, EPOCHS, GPU=1, ...)"
 
-setup: ## install system packages, the venv and Horovod (does nothing when done)
+setup: ## install system packages, the venv and Horovod (does nothing when done; TF=2.15: the old stack)
 	@bash scripts/setup.sh
 
 preflight: setup ## check every host, write hostfile and preflight.json (HOSTS=, INVENTORY=)

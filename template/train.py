@@ -6,6 +6,7 @@ model.py, the data in data.py, the defaults in config.toml; this file rarely nee
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import socket
@@ -14,6 +15,11 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, once per rank
+# Keras 2 (tf_keras) as tf.keras on TensorFlow >= 2.16: Horovod 0.28.1's Keras layer needs it.
+# Read when TensorFlow is imported, so before that, in every rank; where tf_keras is installed
+# (the old stack, TF=2.15, has Keras 2 built in and no tf_keras).
+if importlib.util.find_spec("tf_keras") is not None:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import horovod.tensorflow.keras as hvd  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -8,12 +8,13 @@ sends TERM first (mpirun then takes its remote daemons down) and KILL to what is
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,13 +55,26 @@ class Ran:
         return f"{' '.join(self.argv[:8])} ... {state}:\n  " + "\n  ".join(tail)
 
 
-def job_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This environment plus what an MPI or Horovod job needs here: Open MPI refuses root
-    unless told (the simulated cluster and CI run as root), and TensorFlow's start-up notes,
-    printed once per rank, would drown the output."""
-    env = dict(os.environ)
+def keras_2(env: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """TF_USE_LEGACY_KERAS=1 in env where tf_keras is installed (the default stack: TensorFlow
+    2.21, where tf.keras is then Keras 2, which Horovod 0.28.1's Keras layer needs). Not on the
+    old stack (TF=2.15): there the variable would send tf.keras to a tf_keras it does not have.
+    TensorFlow reads it when it is imported. train.py and the --deep agent, which stand alone,
+    do the same."""
+    if importlib.util.find_spec("tf_keras") is not None:
+        env.setdefault("TF_USE_LEGACY_KERAS", "1")
+    return env
+
+
+def job_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None,
+            root: bool | None = None) -> dict[str, str]:
+    """base (this environment by default) plus what an MPI or Horovod job needs: Keras 2 from
+    tf_keras (keras_2: read when TensorFlow is imported, in every rank), Open MPI
+    allowed to run as root (the simulated cluster and CI run as root), and TensorFlow's start-up
+    notes, printed once per rank, kept quiet."""
+    env = keras_2(dict(os.environ if base is None else base))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if os.geteuid() == 0:
+    if (os.geteuid() == 0) if root is None else root:
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     env.update(extra or {})
     return env

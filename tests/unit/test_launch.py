@@ -5,6 +5,7 @@ environment, the one-line explanation of a failed job, and Ctrl-C stopping the w
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -230,6 +231,8 @@ def test_static_environment_quiets_tensorflow_and_lets_open_mpi_run_as_root(
         venv: Path, tmp_path: Path) -> None:
     base = {"PATH": "/usr/bin:/bin", "DISCOVER_HOSTS": "stale"}
     env = command.environment(config(venv), base, tmp_path, root_user=True)
+    # Keras 2 from tf_keras in every rank, where the stack has tf_keras (not TF=2.15)
+    assert env.get("TF_USE_LEGACY_KERAS") == ("1" if importlib.util.find_spec("tf_keras") else None)
     assert (env["TF_CPP_MIN_LOG_LEVEL"], env["OMPI_ALLOW_RUN_AS_ROOT"],
             env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"]) == ("2", "1", "1")
     assert env["PATH"] == "/usr/bin:/bin" and env["DISCOVER_HOSTS"] == "stale"

@@ -10,6 +10,7 @@ JSON line per rank: {"event": "horovod", "rank", "size", "hostname", "sum", "exp
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -20,6 +21,8 @@ import time
 def main() -> int:
     start = time.monotonic()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if importlib.util.find_spec("tf_keras") is not None:  # as train.py: Keras 2 from tf_keras
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import horovod.tensorflow as hvd
     import tensorflow as tf
 

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 
-PACKAGES = ("tensorflow", "tensorflow-cpu", "horovod", "mpi4py", "numpy", "keras")
+PACKAGES = ("tensorflow", "tensorflow-cpu", "tf_keras", "horovod", "mpi4py", "numpy", "keras")
 # What the training imports, by import name: where each is found on this sys.path (the host's
 # PYTHONPATH included, as for the job's processes) and which version that copy is.
 MODULES = ("tensorflow", "horovod", "mpi4py", "tf_keras")

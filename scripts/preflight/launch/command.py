@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import inventory as inv
 from ..errors import UserError
+from ..proc import job_env
 from ..report import vouches
 from .config import LaunchConfig
 
@@ -95,13 +96,10 @@ def horovodrun_argv(cfg: LaunchConfig, np: int, interface: str, hostfile: Path) 
 
 def environment(cfg: LaunchConfig, base: Mapping[str, str], scratch: Path,
                 root_user: bool) -> dict[str, str]:
-    """horovodrun's environment: TensorFlow's start-up notes once, Open MPI allowed to run as
-    root (the simulated cluster and CI run as root), and for an elastic run the ssh with
-    keepalives first on PATH and the discovery's DISCOVER_* variables."""
-    env = dict(base)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notes, once per rank
-    if root_user:
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    """horovodrun's environment: the job's (proc.job_env: Keras 2, TensorFlow's notes once, Open
+    MPI as root), and for an elastic run the ssh with keepalives first on PATH and the
+    discovery's DISCOVER_* variables."""
+    env = job_env(base=base, root=root_user)
     if not cfg.elastic:
         return env
     env["PATH"] = f"{ssh_with_keepalive(cfg, base.get('PATH', os.defpath), scratch)}" \
