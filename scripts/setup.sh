@@ -5,7 +5,7 @@
 #
 # Two stacks. The default: TensorFlow 2.21 with tf_keras (Keras 2), Python 3.10-3.13, Horovod
 # 0.28.1 built from its PyPI source with scripts/horovod-0.28.1.patch applied (the wheel cached
-# under ~/.cache/horovod-preflight). TF=2.15: the old, unpatched stack (TensorFlow 2.15.1,
+# under ~/.cache/horovod-patched). TF=2.15: the old, unpatched stack (TensorFlow 2.15.1,
 # Python 3.9-3.11), for who needs it.
 #
 # Variables: VENV (default .venv), PYTHON (interpreter to build the venv from), TF (2.21 or
@@ -142,7 +142,7 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 import horovod
 import tensorflow as tf
 root = pathlib.Path(horovod.__file__).parent
-if "horovod-preflight:" not in (root / "tensorflow" / "keras" / "__init__.py").read_text():
+if "local patch:" not in (root / "tensorflow" / "keras" / "__init__.py").read_text():
     sys.exit("horovod/tensorflow/keras is unpatched: its callbacks fail on Keras 3")
 built = json.loads((root / "metadata.json").read_text()).get("tensorflow")
 if built != tf.__version__:
@@ -162,7 +162,7 @@ patched_wheel_dir() {  # the cache folder for this stack's patched wheel, keyed 
   key=$({ cat "$HOROVOD_PATCH" "$ROOT/requirements-horovod.txt"; "$VENV/bin/python" -V
           "$VENV/bin/python" -m pip list --format=freeze 2>/dev/null | grep -iE '^tensorflow([-_]cpu)?=='
           horovod_env; } 2>&1 | sha256sum | cut -c1-16)
-  echo "${XDG_CACHE_HOME:-$HOME/.cache}/horovod-preflight/horovod-$key"
+  echo "${XDG_CACHE_HOME:-$HOME/.cache}/horovod-patched/horovod-$key"
 }
 
 build_patched_horovod() {  # $1: the folder the wheel goes to

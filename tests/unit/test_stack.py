@@ -24,10 +24,10 @@ def tf_version() -> tuple[int, int]:
 def test_horovod_is_the_build_the_stack_needs():
     text = (ROOT / "tensorflow" / "keras" / "__init__.py").read_text()
     if tf_version() >= PATCHED:
-        assert "horovod-preflight:" in text, (
+        assert "local patch:" in text, (
             f"Horovod in {ROOT} is unpatched on TensorFlow {tf.__version__}: make setup FORCE=1")
     else:
-        assert "horovod-preflight:" not in text, "the old stack runs Horovod as released"
+        assert "local patch:" not in text, "the old stack runs Horovod as released"
 
 
 def test_horovod_was_built_against_the_installed_tensorflow():
