@@ -50,7 +50,10 @@ def test_a_fresh_new_project_passes_its_own_make_test(tmp_path: Path) -> None:
     # Its own venv and its own simulated cluster (another prefix than this suite's); the training
     # runs that this suite already covers are deselected there to keep CI inside its time.
     env = {**os.environ, "HVSIM_PREFIX": "hvnp", "PYTEST_ARGS": "-q -m 'not slow'"}
-    env.pop("VENV", None)
+    # Nothing of this repository's make: its VENV=, TF=... would reach the new project's make
+    # through MAKEFLAGS even without the variable itself.
+    for name in ("VENV", "TF", "PYTHON", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKELEVEL"):
+        env.pop(name, None)
     proc = subprocess.run(["make", "--no-print-directory", "test"], cwd=dest, env=env,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
