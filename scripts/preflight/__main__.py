@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
                    help="also run one real Horovod allreduce through horovodrun on the hosts "
                         "that passed, with the training's imports (finds a Horovod built "
                         "against another TensorFlow); costs a TensorFlow import on every host, "
-                        "about 10-30 s more")
+                        "about 7-9 s more for 1-2 hosts on 2 cores")
     p.add_argument("--elastic", action="store_true",
                    help="check for an elastic (Gloo) job: two hosts with one hostname fail "
                         "instead of warning")

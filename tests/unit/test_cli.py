@@ -40,7 +40,7 @@ def test_help_names_every_flag(capsys):
                  "--show"):
         assert flag in text
     assert "never sweeps a subnet" in text
-    assert "costs a TensorFlow import on every host, about 10-30 s more" in text
+    assert "costs a TensorFlow import on every host, about 7-9 s more for 1-2 hosts" in text
 
 
 def test_python_dash_m_preflight_runs():
