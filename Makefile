@@ -9,8 +9,8 @@ N ?= 3
 REPORT ?= preflight.json
 export VENV REPORT
 
-.PHONY: help setup preflight train test test-unit lint bench cluster-up cluster-down \
-        cluster-status cluster-exec cluster-fault new-project clean
+.PHONY: help setup preflight train evaluate data-files test test-unit lint bench cluster-up \
+        cluster-down cluster-status cluster-exec cluster-fault new-project clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -23,8 +23,14 @@ preflight: setup ## check every host, write hostfile and preflight.json (HOSTS=,
 	@$(PY) -m preflight $(if $(HOSTS),--hosts "$(HOSTS)") $(if $(INVENTORY),--inventory "$(INVENTORY)") \
 		--hostfile "$(or $(HOSTFILE),hostfile)" --report "$(REPORT)" $(PREFLIGHT_ARGS)
 
-train: setup ## preflight, then horovodrun template/train.py (HOSTFILE=, NP=, EPOCHS=, RESUME=, ELASTIC=1, ...)
+train: setup ## preflight, then horovodrun template/train.py (HOSTFILE=, NP=, EPOCHS=, DATA=, RESUME=, ELASTIC=1, ...)
 	@$(PY) -m preflight.train
+
+evaluate: setup ## a run's saved model on its validation data (RUN=runs/<id>, CHECKPOINT=best|last)
+	@$(PY) template/evaluate.py "$(RUN)" $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+
+data-files: setup ## write the template's in-memory data set as files for DATA= (DEST=, FORMAT=csv|tfrecord, FILES=8)
+	@$(PY) template/records.py "$(DEST)" --format $(or $(FORMAT),csv) --files $(or $(FILES),8)
 
 test: setup ## run the whole test suite (unit and simulated cluster; needs root for the cluster)
 	@$(PY) -m pytest $(PYTEST_ARGS)

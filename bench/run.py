@@ -7,6 +7,7 @@ a JSON file and a PNG plot each under bench/results/.
              processes on one host against one
   allreduce  Horovod's allreduce bus bandwidth from 1 KiB to 64 MiB beside raw MPI's and one
              TCP stream's
+  callbacks  what the template's callbacks cost per batch, before and after they were reworked
 
 The cluster (scripts/simcluster, namespace prefix $BENCH_PREFIX, default hvbench) is built once,
 as large as the largest host count asked for, and removed at the end whatever happens: an error,
@@ -22,11 +23,12 @@ import sys
 import time
 
 import allreduce
+import callback_cost
 import preflight_cost
 import step_cost
 from common import PREFIX, RESULTS, Cluster
 
-BENCHMARKS = ("preflight", "step", "allreduce")
+BENCHMARKS = ("preflight", "step", "allreduce", "callbacks")
 DEFAULT_HOSTS = (1, 3, 8, 16)
 QUICK_HOSTS = (1, 3)
 DEFAULT_REPEAT, QUICK_REPEAT = 3, 1
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             step_cost.run(cluster, args.epochs, args.repeat, console, say)
         if "allreduce" in args.only:
             allreduce.run(cluster, args.allreduce_hosts, args.repeat, args.quick, console, say)
+        if "callbacks" in args.only:
+            callback_cost.run(cluster, min(args.epochs, 4), console, say)
     say(f"done; cluster {PREFIX} removed")
     return 0
 

@@ -8,9 +8,9 @@ Four configurations, all on simulated host h1 (its cores are the machine's):
                TensorBoard, and the same thread settings as one process gets there), no Horovod
   hvd np=1     horovodrun -np 1 template/train.py
   hvd np=2     horovodrun -np 2 template/train.py on the same host: each process gets
-               cores // 2 intra-op threads and one inter-op thread (template/train.py)
-  np=2 no pin  the same, from a copy of template/ whose train.py leaves TensorFlow's thread pools
-               at their defaults (every process sizes them for all cores); template/train.py has
+               cores // 2 intra-op threads and one inter-op thread (template/loop.py)
+  np=2 no pin  the same, from a copy of template/ whose loop.py leaves TensorFlow's thread pools
+               at their defaults (every process sizes them for all cores); template/ has
                no switch for this, and this benchmark does not edit it
 Every rate comes from the template's own progress line (loop.ProgressLine: the samples of all
 processes over the epoch's wall time, validation included): a run's figure is the median over its
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import shutil
 import socket
@@ -59,8 +58,8 @@ TEMPLATE = ROOT / "template"
 TIMEOUT_S = 600
 # ProgressLine's line per epoch: "epoch   2/30  loss ...  6,512 samples/s  3s left".
 EPOCH_RATE = re.compile(r"epoch +\d+/\d+ .*? ([\d,.]+) samples/s")
-# The lines of template/train.py that size TensorFlow's thread pools per process; the 'no pin'
-# configuration runs a copy without them.
+# The lines of template/loop.py that size TensorFlow's thread pools per process; the 'no pin'
+# configuration runs a copy of the template without them.
 THREAD_LINES = ("    tf.config.threading.set_intra_op_parallelism_threads(threads)\n"
                 "    tf.config.threading.set_inter_op_parallelism_threads(1)\n")
 CONFIGS = ("keras", "hvd_np1", "hvd_np2", "hvd_np2_nopin")
@@ -74,13 +73,14 @@ NP2_TARGET = 0.9  # two processes on two cores: at least 0.9 of one process's sa
 # --- the plain-Keras runner ----------------------------------------------------------------------
 
 def plain(argv: list[str]) -> int:
-    """template/train.py's single-process path with every Horovod line taken out."""
+    """template/train.py's single-process path with every Horovod line taken out: the same
+    model, data pipeline, optimizer, batch, steps and rank-0 callbacks (template/loop.py)."""
     sys.path.insert(0, str(TEMPLATE))
+    # isort: off
+    import loop  # first: it sets TensorFlow's environment (tfenv) before importing it
     import tensorflow as tf
-
+    # isort: on
     import config as config_module
-    import data
-    import loop
     import model as model_module
 
     cfg = config_module.load(argv)
@@ -89,38 +89,36 @@ def plain(argv: list[str]) -> int:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.keras.utils.set_random_seed(cfg.seed)
 
-    x_train, y_train, x_val, y_val = data.load(cfg.val_fraction, cfg.seed)
-    steps_per_epoch = max(1, math.ceil(len(x_train) / cfg.batch_size))
-    model = model_module.build(data.INPUT_SHAPE, data.NUM_CLASSES)
-    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.lr),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    data = loop.in_memory(cfg, 0, 1)
+    model = model_module.build()
+    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.lr), loss=model_module.loss(),
+                  metrics=model_module.metrics())
     run = loop.new_run_dir(cfg.out)
-    progress = loop.ProgressLine(cfg.epochs, cfg.batch_size, steps_per_epoch)
-    callbacks = [progress, loop.AtomicCheckpoint(run),
-                 tf.keras.callbacks.TensorBoard(log_dir=str(run / "tensorboard"), profile_batch=0)]
-    model.fit(data.training_dataset(x_train, y_train, cfg.batch_size, cfg.seed),
-              steps_per_epoch=steps_per_epoch, epochs=cfg.epochs,
-              validation_data=data.validation_dataset(x_val, y_val, cfg.batch_size),
-              callbacks=callbacks, verbose=0)
-    metrics = loop.write_metrics(run, progress, [socket.gethostname()], cfg.epochs, 0)
-    print(json.dumps({"metrics": str(metrics), "threads": threads}), flush=True)
+    progress = loop.ProgressLine(cfg.epochs, cfg.batch_size, data.steps_per_epoch)
+    callbacks = [progress, loop.Checkpoints(run, progress),
+                 loop.EpochSummaries(run / "tensorboard")]
+    model.fit(data.train, steps_per_epoch=data.steps_per_epoch, epochs=cfg.epochs,
+              validation_data=data.val, callbacks=callbacks, verbose=0)
+    loop.finish(run, model, progress, cfg, 0, [socket.gethostname()], [[]])
+    print(json.dumps({"metrics": str(run / "metrics.json"), "threads": threads}), flush=True)
     return 0
 
 
 # --- running the configurations ------------------------------------------------------------------
 
 def unpinned_template(into: Path) -> Path:
-    """A copy of template/ whose train.py leaves TensorFlow's thread pools at their defaults."""
+    """A copy of template/ whose loop.py leaves TensorFlow's thread pools at their defaults;
+    returns its train.py."""
     copy = into / "template"
     shutil.copytree(TEMPLATE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    script = copy / "train.py"
-    text = script.read_text()
+    helpers = copy / "loop.py"
+    text = helpers.read_text()
     if THREAD_LINES not in text:
-        raise RuntimeError("template/train.py no longer has the two thread-setting lines this "
+        raise RuntimeError("template/loop.py no longer has the two thread-setting lines this "
                            "benchmark removes for 'no pin'; update THREAD_LINES in "
                            "bench/step_cost.py")
-    script.write_text(text.replace(THREAD_LINES, "    pass  # bench: TF's default pools\n"))
-    return script
+    helpers.write_text(text.replace(THREAD_LINES, "    pass  # bench: TF's default pools\n"))
+    return copy / "train.py"
 
 
 def config_argv(config: str, epochs: int, out: Path, unpinned: Path) -> list[str]:

@@ -1,4 +1,5 @@
-"""Training configuration: defaults from config.toml, each value overridable on the command line."""
+"""Training configuration: the values of config.toml (the only home of the defaults), each
+overridable on the command line (--epochs 5, --fp16-allreduce / --no-fp16-allreduce)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 if sys.version_info >= (3, 11):
     import tomllib
-else:  # Python 3.9/3.10
+else:  # Python 3.10
     import tomli as tomllib
 
 DEFAULT_FILE = Path(__file__).with_name("config.toml")
@@ -17,49 +18,74 @@ DEFAULT_FILE = Path(__file__).with_name("config.toml")
 
 @dataclass(frozen=True)
 class Config:
-    epochs: int = 15
-    batch_size: int = 32
-    lr: float = 0.001
-    warmup: int = 2
-    seed: int = 42
-    out: str = "runs"
-    val_fraction: float = 0.2
-    resume: str = ""  # a run directory to continue from (its last checkpoint)
-    elastic: bool = False  # run under horovodrun's elastic mode: hosts may leave and join
+    """One run's values; config.toml says what each means."""
 
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.warmup < 0:
-            raise ValueError("epochs and batch_size must be >= 1, warmup >= 0")
-        if not 0 < self.val_fraction < 1 or self.lr <= 0:
-            raise ValueError("val_fraction must be in (0, 1) and lr > 0")
+    epochs: int
+    batch_size: int
+    lr: float
+    warmup: int
+    seed: int
+    out: str
+    data: str
+    val_data: str
+    val_fraction: float
+    shuffle_buffer: int
+    accumulate: int
+    fp16_allreduce: bool
+    mixed_precision: bool
+    resume: str
+
+    def problems(self) -> list[str]:
+        wrong = [f"{name} must be >= {least}" for name, least in
+                 (("epochs", 1), ("batch_size", 1), ("warmup", 0), ("shuffle_buffer", 1),
+                  ("accumulate", 1)) if getattr(self, name) < least]
+        if not 0 < self.val_fraction < 1:
+            wrong.append("val_fraction must be between 0 and 1")
+        if self.lr <= 0:
+            wrong.append("lr must be > 0")
+        return wrong
 
 
-def load(argv: list[str] | None = None) -> Config:
+TYPES = {f.name: {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+         for f in fields(Config)}
+
+
+def load(argv: list[str] | None = None, description: str = "Data-parallel Keras training "
+         "under horovodrun.") -> Config:
     """Config from --config FILE (default config.toml), then command-line overrides."""
-    parser = argparse.ArgumentParser(description="Data-parallel Keras training under horovodrun.")
-    parser.add_argument("--config", type=Path, default=DEFAULT_FILE, help="TOML file [train]")
-    for f in fields(Config):
-        flag = f"--{f.name.replace('_', '-')}"
-        if _ctor(f.name) is bool:  # --elastic / --no-elastic: bool("False") would be True
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=None)
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", type=Path, default=DEFAULT_FILE, help="TOML file, [train]")
+    for name, kind in TYPES.items():
+        flag = f"--{name.replace('_', '-')}"
+        if kind is bool:  # --fp16-allreduce / --no-fp16-allreduce: bool("False") would be True
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction)
         else:
-            parser.add_argument(flag, dest=f.name, type=_ctor(f.name), default=None)
+            parser.add_argument(flag, dest=name, type=kind)
     args = parser.parse_args(argv)
-    with open(args.config, "rb") as fh:
-        values = tomllib.load(fh).get("train", {})
-    unknown = set(values) - {f.name for f in fields(Config)}
-    if unknown:
-        parser.error(f"{args.config}: unknown keys {sorted(unknown)}")
+    values = read_file(args.config, parser)
     values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
     config = Config(**values)
-    try:
-        config.validate()
-    except ValueError as exc:
-        parser.error(str(exc))
+    if config.problems():
+        parser.error("; ".join(config.problems()))
     return config
 
 
-def _ctor(name: str) -> type:
-    """The type to parse a field's command-line value with (annotations are strings here)."""
-    return type(getattr(Config, name))
+def read_file(path: Path, parser: argparse.ArgumentParser) -> dict:
+    """[train] of the file: every key of Config, each of its type, nothing else."""
+    try:
+        with open(path, "rb") as fh:
+            values = tomllib.load(fh).get("train", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        parser.error(f"{path}: {exc}")
+    unknown, missing = set(values) - set(TYPES), set(TYPES) - set(values)
+    if unknown or missing:
+        parser.error(f"{path}: [train] " + "; ".join(
+            part for part in (unknown and f"unknown keys {sorted(unknown)}",
+                              missing and f"missing keys {sorted(missing)}") if part))
+    for name, value in values.items():
+        kind = TYPES[name]
+        if kind is float and type(value) is int:
+            values[name] = float(value)
+        elif type(value) is not kind:
+            parser.error(f"{path}: {name} = {value!r} is not a {kind.__name__}")
+    return values

@@ -1,7 +1,11 @@
-"""The data pipeline: scikit-learn's 8x8 digits (shipped inside the package, no download).
+"""The data: one of the three files you edit (with model.py and config.toml).
 
-Replace load() with your own data; keep the split deterministic (every rank must agree on it)
-and let shard() give each rank its own slice.
+Two ways in, one shape out:
+- load(): an in-memory data set, used when no DATA is given. Here scikit-learn's 8x8 digits
+  (shipped inside the package, no download). Keep the split deterministic: every rank must agree.
+- from_record(): one record of your files (make train DATA=...; formats in records.py: a vector
+  of floats and a label) as the model takes it. `make data-files` writes load()'s set as such
+  files, to show the format.
 """
 
 from __future__ import annotations
@@ -10,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 from sklearn.datasets import load_digits
 
+INPUT_SHAPE = (8, 8, 1)  # one example as the model takes it
 NUM_CLASSES = 10
-INPUT_SHAPE = (8, 8, 1)
 
 
 def load(val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -25,20 +29,6 @@ def load(val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return x[train], y[train], x[val], y[val]
 
 
-def shard(x: np.ndarray, y: np.ndarray, rank: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rank r takes every size-th sample from r: disjoint shards that together cover the set."""
-    return x[rank::size], y[rank::size]
-
-
-def training_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
-    # repeat(): every rank must run the same number of steps (steps_per_epoch), whatever the
-    # size of its shard, or the allreduce of the last step waits forever.
-    return (tf.data.Dataset.from_tensor_slices((x, y))
-            .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-            .repeat()
-            .batch(batch_size)
-            .prefetch(tf.data.AUTOTUNE))
-
-
-def validation_dataset(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+def from_record(features: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """A record read from files (float32 features, float32 label) as the model takes it."""
+    return tf.reshape(features, INPUT_SHAPE), tf.cast(label, tf.int64)

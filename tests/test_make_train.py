@@ -82,7 +82,7 @@ def test_default_train_reaches_the_accuracy_target_on_all_physical_cores(tmp_pat
     assert metrics["world_size"] == report["np"] == psutil.cpu_count(logical=False)
     assert metrics["val_accuracy"] >= 0.95
     assert metrics["samples_per_second"] > 0
-    assert (run / "model.h5").is_file()
+    assert (run / "model.keras").is_file()
     assert f"metrics {run / 'metrics.json'}" in proc.stdout
 
 

@@ -3,12 +3,14 @@ checkpoint is intact, and RESUME finishes the run on another process count."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -40,7 +42,7 @@ def rank_pid(rank: int) -> int | None:
 def wait_for_checkpoint(runs: Path, epoch: int, timeout_s: float = 300) -> Path:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        found = sorted(runs.glob(f"*/checkpoints/epoch-{epoch:03d}.h5"))
+        found = sorted(runs.glob(f"*/checkpoints/epoch-{epoch:03d}.keras"))
         if found:
             return found[0].parents[1]
         time.sleep(0.2)
@@ -65,10 +67,11 @@ def test_killed_rank_is_named_and_the_run_resumes_to_the_full_epoch_count(tmp_pa
     assert named in err, err[-2000:]
     assert f"RESUME={run}" in err
 
-    # The newest checkpoint opens and holds the weights and the optimizer state.
-    newest = sorted((run / "checkpoints").glob("epoch-*.h5"))[-1]
-    with h5py.File(newest) as h5:
-        assert "model_weights" in h5 and "optimizer_weights" in h5
+    # The newest checkpoint opens (Keras' zip format) and holds weights and optimizer state.
+    newest = sorted((run / "checkpoints").glob("epoch-*.keras"))[-1]
+    with zipfile.ZipFile(newest) as keras_file, \
+            h5py.File(io.BytesIO(keras_file.read("model.weights.h5"))) as h5:
+        assert "layers" in h5 and "optimizer" in h5
     stopped_at = int(newest.stem.split("-")[1])
     total = stopped_at + 3
 
@@ -80,5 +83,5 @@ def test_killed_rank_is_named_and_the_run_resumes_to_the_full_epoch_count(tmp_pa
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["initial_epoch"], metrics["epochs"], metrics["world_size"]) == (
         stopped_at, total, 1)
-    assert (run / "checkpoints" / f"epoch-{total:03d}.h5").is_file()
+    assert (run / "checkpoints" / f"epoch-{total:03d}.keras").is_file()
     assert metrics["val_accuracy"] >= 0.95

@@ -44,7 +44,7 @@ def test_preflight_then_training_across_three_hosts(cluster, tmp_path: Path) -> 
     assert metrics["world_size"] == 3
     assert sorted(metrics["rank_hosts"]) == ["h1", "h2", "h3"]  # every rank took part
     assert metrics["val_accuracy"] >= 0.95
-    assert (run / "model.h5").is_file() and list((run / "checkpoints").glob("epoch-015.h5"))
+    assert (run / "model.keras").is_file() and list((run / "checkpoints").glob("epoch-015.keras"))
 
 
 @pytest.fixture

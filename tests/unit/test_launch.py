@@ -88,7 +88,8 @@ def test_resume_of_a_folder_without_checkpoints_is_refused(venv: Path, tmp_path:
     assert "runs/20260101-120000" in error.remedy
     (tmp_path / "checkpoints").mkdir()
     cfg = config(venv, RESUME=str(tmp_path), ELASTIC="1")
-    assert cfg.training_args() == ["--resume", str(tmp_path), "--elastic"]
+    assert cfg.training_args() == ["--resume", str(tmp_path)]
+    assert cfg.train_script.name == "train_elastic.py"
 
 
 @pytest.mark.parametrize(("variables", "message", "remedy"), [
@@ -222,7 +223,7 @@ def test_elastic_command_line_has_gloo_the_bounds_the_cooldown_and_the_discovery
         "--blacklist-cooldown-range", "30", "300",
         "--host-discovery-script", str(ROOT / "scripts" / "discover_hosts.sh"),
         "--network-interfaces", "eth0", str(venv / "bin" / "python"),
-        str(ROOT / "template" / "train.py"), "--elastic"]
+        str(ROOT / "template" / "train_elastic.py")]
     without_max = command.horovodrun_argv(config(venv, ELASTIC="1"), 1, "eth0", Path("h"))
     assert "--max-np" not in without_max and without_max[4:6] == ["--min-np", "1"]
 

@@ -7,6 +7,7 @@ to it), as horovodrun, the preflight and template/train.py see them.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from collections.abc import Mapping
@@ -20,7 +21,10 @@ ROOT = Path(__file__).resolve().parents[3]  # scripts/preflight/launch/config.py
 WHOLE = re.compile(r"^[1-9][0-9]*$")
 # make's variable -> template/train.py's flag, passed on as given (train.py checks the values).
 TRAINING_FLAGS = (("EPOCHS", "epochs"), ("BATCH_SIZE", "batch-size"), ("LR", "lr"),
-                  ("WARMUP", "warmup"), ("OUT", "out"), ("SEED", "seed"), ("RESUME", "resume"))
+                  ("WARMUP", "warmup"), ("OUT", "out"), ("SEED", "seed"), ("RESUME", "resume"),
+                  ("DATA", "data"), ("VAL_DATA", "val-data"), ("ACCUMULATE", "accumulate"))
+# make's 1/0 variable -> train.py's --flag / --no-flag.
+SWITCHES = (("FP16", "fp16-allreduce"), ("MIXED_PRECISION", "mixed-precision"))
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,12 @@ class LaunchConfig:
     out: str | None = None
     seed: str | None = None
     resume: str | None = None  # RESUME: a run directory with checkpoints/
+    data: str | None = None  # DATA: training files (folder, file, glob), absolute
+    val_data: str | None = None  # VAL_DATA: validation files, absolute
+    accumulate: str | None = None  # ACCUMULATE: backward passes per allreduce
+    fp16: bool | None = None  # FP16=1/0: float16 gradients in the allreduce
+    mixed_precision: bool | None = None  # MIXED_PRECISION=1/0
+    verbose: bool = False  # VERBOSE=1: the job's output as horovodrun prints it
     elastic: bool = False  # ELASTIC=1
     min_np: int | None = None  # MIN_NP (elastic): None means 1
     max_np: int | None = None  # MAX_NP (elastic): None means no limit
@@ -60,7 +70,7 @@ class LaunchConfig:
 
     @property
     def train_script(self) -> Path:
-        return self.root / "template" / "train.py"
+        return self.root / "template" / ("train_elastic.py" if self.elastic else "train.py")
 
     @property
     def discovery_script(self) -> Path:
@@ -75,7 +85,8 @@ class LaunchConfig:
         args = [arg for name, flag in TRAINING_FLAGS
                 if (value := getattr(self, name.lower())) is not None
                 for arg in (f"--{flag}", value)]
-        return args + (["--elastic"] if self.elastic else [])
+        return args + [f"--{'' if on else 'no-'}{flag}" for name, flag in SWITCHES
+                       if (on := getattr(self, name.lower())) is not None]
 
     def preflight_inventory_args(self) -> list[str]:
         """What the preflight checks when there is no HOSTFILE: INVENTORY, else HOSTS, else this
@@ -116,6 +127,7 @@ class LaunchConfig:
         if hostfile is not None:
             check_hostfile(Path(hostfile))
         np = get("NP")
+        data, val_data = (data_files(name, get(name), root) for name in ("DATA", "VAL_DATA"))
         return cls(
             root=root, venv=venv, report=Path(get("REPORT") or "preflight.json"),
             preflight_hostfile=Path(get("PREFLIGHT_HOSTFILE") or "hostfile"),
@@ -124,6 +136,10 @@ class LaunchConfig:
             np=None if np is None else whole("NP", np),
             epochs=get("EPOCHS"), batch_size=get("BATCH_SIZE"), lr=get("LR"),
             warmup=get("WARMUP"), out=get("OUT"), seed=get("SEED"), resume=resume,
+            data=data, val_data=val_data, accumulate=get("ACCUMULATE"),
+            fp16=switch("FP16", get("FP16")),
+            mixed_precision=switch("MIXED_PRECISION", get("MIXED_PRECISION")),
+            verbose=bool(switch("VERBOSE", get("VERBOSE"))),
             elastic=elastic, min_np=min_np, max_np=max_np,
             ssh_keepalive=whole("SSH_KEEPALIVE", get("SSH_KEEPALIVE") or "5"),
             discover_every=seconds("DISCOVER_EVERY", get("DISCOVER_EVERY"), zero=True),
@@ -135,6 +151,26 @@ def whole(name: str, value: str) -> int:
         raise UserError(f"{name}={value} must be a whole number of at least 1",
                         f"e.g. {name}=2, or leave {name} out")
     return int(value)
+
+
+def switch(name: str, value: str | None) -> bool | None:
+    """A 1/0 variable; None when not given."""
+    if value not in (None, "0", "1"):
+        raise UserError(f"{name}={value} is neither 1 nor 0", f"use {name}=1 or {name}=0")
+    return None if value is None else value == "1"
+
+
+def data_files(name: str, value: str | None, root: Path) -> str | None:
+    """DATA or VAL_DATA as an absolute path or glob (ranks on other hosts may start elsewhere),
+    refused at once when it names nothing."""
+    if value is None:
+        return None
+    path = str(Path(root, value))  # an absolute value stays as it is
+    if not (Path(path).exists() or glob.glob(path)):
+        raise UserError(f"{name}={value} names no file, folder or glob match",
+                        "give a folder of .csv or .tfrecord files (make data-files DEST=... "
+                        "writes an example), a file or a quoted glob")
+    return path
 
 
 def seconds(name: str, value: str | None, zero: bool) -> float | None:

@@ -5,16 +5,19 @@ healthy hosts, over the interface the preflight chose, with one process per slot
 Variables (environment, all optional): HOSTFILE (train on this hostfile), HOSTS / INVENTORY
 (what to preflight), NP (process count), REPORT (default preflight.json), PREFLIGHT_HOSTFILE
 (where the preflight writes the healthy hosts, default hostfile), VENV, and the training values
-EPOCHS BATCH_SIZE LR WARMUP OUT SEED RESUME, passed to template/train.py.
+EPOCHS BATCH_SIZE LR WARMUP OUT SEED RESUME DATA VAL_DATA ACCUMULATE, FP16=1/0 and
+MIXED_PRECISION=1/0, passed to template/train.py (template/config.toml says what each means).
+The job's output is shown tidied (rank 0's lines without mpirun's tags, other ranks' behind
+[rank N], no TensorFlow start-up notes); VERBOSE=1 shows it as horovodrun prints it.
 
-ELASTIC=1 runs horovodrun's elastic mode over Gloo: the discovery (preflight.discover, through
-scripts/discover_hosts.sh) preflights the same inventory (at most every DISCOVER_EVERY=5 s), a
-host that fails drops out and the others go on from the last committed state, a host that
-passes again joins after a cool-down. MIN_NP (default 1): fewer processes than this and the
-job waits for hosts (HOROVOD_ELASTIC_TIMEOUT, default 600 s) and then fails; MAX_NP: never more
-than this. HOROVOD_GLOO_TIMEOUT_SECONDS (default 30) is how long the others wait on a host that
-stopped answering before they drop it; SSH_KEEPALIVE (default 5) seconds apart, three ssh
-keepalives unanswered end a dead host's session.
+ELASTIC=1 runs template/train_elastic.py in horovodrun's elastic mode over Gloo: the discovery
+(preflight.discover, through scripts/discover_hosts.sh) preflights the same inventory (at most
+every DISCOVER_EVERY=5 s), a host that fails drops out and the others go on from the last
+committed state, a host that passes again joins after a cool-down. MIN_NP (default 1): fewer
+processes than this and the job waits for hosts (HOROVOD_ELASTIC_TIMEOUT, default 600 s) and
+then fails; MAX_NP: never more than this. HOROVOD_GLOO_TIMEOUT_SECONDS (default 30) is how long
+the others wait on a host that stopped answering before they drop it; SSH_KEEPALIVE (default 5)
+seconds apart, three ssh keepalives unanswered end a dead host's session.
 
 Exit codes: horovodrun's; 2 for bad input (one line naming the fix, nothing started); the
 preflight's own code when it could not judge the hosts; 128+N when stopped by signal N.
@@ -40,6 +43,7 @@ from ..proc import KILL_GRACE_S, stop_group
 from ..report import read_report, vouches
 from . import command, explain
 from .config import ROOT, LaunchConfig
+from .output import TidyOutput
 
 PROG = "make train"
 CHUNK = 65536
@@ -78,7 +82,7 @@ def launch(cfg: LaunchConfig) -> int:
         argv = command.horovodrun_argv(cfg, np, interface, hostfile)
         say(shlex.join(argv))
         log = scratch / "train.log"
-        rc, stopped_by = run_teed(argv, env, cfg.root, log)
+        rc, stopped_by = run_teed(argv, env, cfg.root, log, tidy=TidyOutput(raw=cfg.verbose))
         if stopped_by is not None:
             say(f"stopped ({signal.Signals(stopped_by).name}), and horovodrun's processes with "
                 f"it{explain.resume_hint(log.read_text(errors='replace'), cfg.elastic)}")
@@ -157,12 +161,14 @@ class Stopped(Exception):
 
 
 def run_teed(argv: list[str], env: dict[str, str], cwd: Path, log: Path,
-             out: BinaryIO | None = None) -> tuple[int, int | None]:
-    """Runs the job in a process group of its own, its output (stdout and stderr together) to
-    our stdout and into log. Ctrl-C, SIGTERM or SIGHUP here stop its whole group: horovodrun,
-    mpirun and the ranks on this host. Returns the exit code (128+N for signal N) and the signal
-    that stopped us, if one did."""
+             out: BinaryIO | None = None, tidy: TidyOutput | None = None
+             ) -> tuple[int, int | None]:
+    """Runs the job in a process group of its own, its output (stdout and stderr together) into
+    log and, tidied (output.py), to our stdout. Ctrl-C, SIGTERM or SIGHUP here stop its whole
+    group: horovodrun, mpirun and the ranks on this host. Returns the exit code (128+N for
+    signal N) and the signal that stopped us, if one did."""
     out = out or sys.stdout.buffer
+    tidy = tidy or TidyOutput(raw=True)
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
     previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)
     try:
@@ -176,8 +182,10 @@ def run_teed(argv: list[str], env: dict[str, str], cwd: Path, log: Path,
             try:
                 while chunk := os.read(proc.stdout.fileno(), CHUNK):
                     kept.write(chunk)  # first: what the terminal shows is in the log
-                    out.write(chunk)
+                    out.write(tidy.feed(chunk))
                     out.flush()
+                out.write(tidy.flush())
+                out.flush()
                 rc = proc.wait()
             except (KeyboardInterrupt, Stopped) as stop:
                 signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
@@ -186,7 +194,7 @@ def run_teed(argv: list[str], env: dict[str, str], cwd: Path, log: Path,
                 interrupt(proc)
                 rest = _drain(proc)
                 kept.write(rest)
-                out.write(rest)
+                out.write(tidy.feed(rest) + tidy.flush())
                 out.flush()
                 return 128 + signum, signum
             finally:
