@@ -9,8 +9,8 @@ N ?= 3
 REPORT ?= preflight.json
 export VENV REPORT
 
-.PHONY: help setup preflight train evaluate data-files test test-unit lint bench cluster-up \
-        cluster-down cluster-status cluster-exec cluster-fault new-project clean
+.PHONY: help setup preflight train evaluate data-files submit test test-unit lint bench \
+        cluster-up cluster-down cluster-status cluster-exec cluster-fault slurm new-project clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ evaluate: setup ## a run's saved model on its validation data (RUN=runs/<id>, CH
 data-files: setup ## write the template's in-memory data set as files for DATA= (DEST=, FORMAT=csv|tfrecord, FILES=8)
 	@$(PY) template/records.py "$(DEST)" --format $(or $(FORMAT),csv) --files $(or $(FILES),8)
 
+submit: setup ## sbatch template/train.sbatch: preflight + train in a Slurm job (NODES=3, TASKS_PER_NODE=1, TIME=, EXCLUDE=)
+	@$(PY) -m preflight.submit
+
 test: setup ## run the whole test suite (unit and simulated cluster; needs root for the cluster)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -44,8 +47,8 @@ lint: setup ## ruff over the code
 bench: setup ## benchmarks on the simulated cluster; figures to bench/results/
 	@$(PY) bench/run.py $(BENCH_ARGS)
 
-cluster-up: ## simulated cluster of N hosts in network namespaces (N=3, CLUSTER_OPTS=)
-	@PYTHONPATH=scripts python3 -m simcluster up $(N) $(CLUSTER_OPTS)
+cluster-up: ## simulated cluster of N hosts in network namespaces (N=3, SLURM=1 adds a real Slurm, CLUSTER_OPTS=)
+	@PYTHONPATH=scripts python3 -m simcluster up $(N) $(if $(filter 1,$(SLURM)),--slurm) $(CLUSTER_OPTS)
 
 cluster-down: ## remove the simulated cluster and everything it made
 	@PYTHONPATH=scripts python3 -m simcluster down
@@ -58,6 +61,9 @@ cluster-exec: ## run CMD on simulated host HOST (make cluster-exec HOST=h1 CMD='
 
 cluster-fault: ## inject or remove a fault (HOST=h2 FAULT=firewall STATE=on|off VALUE=)
 	@PYTHONPATH=scripts python3 -m simcluster fault "$(HOST)" "$(FAULT)" "$(or $(STATE),on)" $(VALUE)
+
+slurm: ## run CMD on the simulated Slurm's login node h1 (make slurm CMD='srun -N3 hostname')
+	@PYTHONPATH=scripts python3 -m simcluster slurm bash -c "$(CMD)"
 
 new-project: ## copy the template into a new project (DEST=../my-project)
 	@bash scripts/new_project.sh "$(DEST)"

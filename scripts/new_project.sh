@@ -14,8 +14,9 @@ die() { printf 'make new-project: %s\n' "$*" >&2; exit 2; }
 NAME=$(basename "$(realpath -m "$DEST")")
 [[ $NAME =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "'$NAME' is not a usable project name: use letters, digits, '.', '_' and '-'"
 
-# What a new project does not need: this repository's benchmarks and history.
-EXCLUDE='^(bench/|tests/test_(new_project|bench)\.py$)'
+# What a new project does not need: this repository's benchmarks and history, and the test of
+# this command with its regression example.
+EXCLUDE='^(bench/|tests/regression_example/|tests/test_(new_project|bench)\.py$)'
 
 mkdir -p "$DEST"
 git -C "$ROOT" ls-files -z --cached --others --exclude-standard |

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+REGRESSION = Path(__file__).resolve().parent / "regression_example"
 
 
 def new_project(dest: Path) -> subprocess.CompletedProcess:
@@ -44,9 +47,14 @@ def test_new_project_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_a_fresh_new_project_passes_its_own_make_test(tmp_path: Path) -> None:
+def test_a_new_project_turned_to_regression_passes_its_own_make_test_and_trains(
+        tmp_path: Path) -> None:
     dest = tmp_path / "my-project"
     assert new_project(dest).returncode == 0
+    # A user's project: a regression model and data set (scikit-learn's diabetes), by editing
+    # model.py and data.py alone.
+    for name in ("model.py", "data.py"):
+        shutil.copy(REGRESSION / name, dest / "template" / name)
     # Its own venv and its own simulated cluster (another prefix than this suite's); the training
     # runs that this suite already covers are deselected there to keep CI inside its time.
     env = {**os.environ, "HVSIM_PREFIX": "hvnp", "PYTEST_ARGS": "-q -m 'not slow'"}
@@ -60,3 +68,15 @@ def test_a_fresh_new_project_passes_its_own_make_test(tmp_path: Path) -> None:
     summary = proc.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary
     assert (dest / ".venv" / "bin" / "horovodrun").exists()
+
+    train = subprocess.run(["make", "--no-print-directory", "train", "NP=2", "EPOCHS=20",
+                            "LR=0.005"], cwd=dest, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-2000:]
+    (run,) = (dest / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best"]["metric"] == "val_mae" and "val_accuracy" not in metrics
+    # The target is standardised: predicting its mean gives an MSE of about 1.
+    assert metrics["val_loss"] < 0.8
+    assert (run / "checkpoints" / "best.keras").is_file()
+    assert "val_mae" in train.stdout.splitlines()[-1]

@@ -16,12 +16,13 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 
 from rich.console import Console
 
 from . import inventory as inv
-from . import pipeline, report
+from . import pipeline, report, slurm
 from .errors import Exit, UserError, render
 
 
@@ -29,8 +30,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="preflight", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Hosts default to this machine alone (localhost). Slots default to the host's "
-               "GPUs, else its physical cores.")
+        epilog="Hosts: --hosts or --inventory; else, inside a Slurm allocation "
+               "(SLURM_JOB_NODELIST), its\nnodes, with the job's slots (SLURM_TASKS_PER_NODE; "
+               "see scripts/preflight/slurm.py); else\nthis machine alone (localhost). Slots "
+               "not given default to the host's GPUs, else its\nphysical cores.")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--hosts", metavar="LIST",
                         help="comma-separated host[:slots], e.g. 'h1:2,h2:2'")
@@ -96,22 +99,38 @@ def main(argv: list[str] | None = None) -> int:
         return Exit.CRASHED
 
 
+def load_inventory(args: argparse.Namespace, environ: Mapping[str, str]
+                   ) -> tuple[inv.Inventory, str | None]:
+    """--hosts or --inventory where given, else the Slurm allocation we run in, else this
+    machine; with a note when hosts given explicitly pass over an allocation."""
+    job = slurm.job(environ)
+    explicit = args.hosts is not None or args.inventory is not None
+    if job is not None and not explicit:
+        return slurm.inventory(job, environ), None
+    given = inv.load(args.hosts, args.inventory)
+    return slurm.passed_over(given, job) if job is not None else (given, None)
+
+
 def run(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
-    inventory = inv.load(args.hosts, args.inventory)
+    inventory, note = load_inventory(args, os.environ)
     inv.check_duplicates(inventory)
     check_outputs(args)
     out = Console(stderr=args.json, highlight=False)
     if not out.is_terminal:  # a log or a pipe: do not squeeze the table to 80 columns
         out.width = max(out.width, report.PLAIN_WIDTH)
     progress = report.Progress(Console(stderr=True, highlight=False), quiet=args.quiet)
+    progress(report.inventory_line(inventory))
+    if note:
+        progress(note)
     options = pipeline.Options(timeout_s=args.timeout, bandwidth=args.bandwidth,
                                mpi=not args.no_mpi, neighbours=args.neighbours,
                                elastic=args.elastic, deep=args.deep)
     with progress.running():
         outcome = pipeline.run(inventory, options, progress)
-    outcome, note = report.write_outputs(outcome, args.hostfile, args.report, inventory.source)
-    report.render(outcome, note, out, quiet=args.quiet,
+    outcome, written = report.write_outputs(outcome, args.hostfile, args.report,
+                                            inventory.source, inventory.origin.as_dict())
+    report.render(outcome, written, out, quiet=args.quiet,
                   show_interfaces="interfaces" in args.show)
     if args.json:
         json.dump(report.document(outcome), sys.stdout, indent=2)

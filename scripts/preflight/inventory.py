@@ -1,4 +1,5 @@
-"""The hosts to check and their slots, from --hosts, an inventory file, or this machine alone.
+"""The hosts to check and their slots, from --hosts, an inventory file, or this machine alone
+(a Slurm allocation's nodes come from slurm.py, which builds the same Inventory).
 
 An inventory file is an Open MPI hostfile: one `host [slots=N]` per line, `#` comments, blank
 lines. This module is the project's one reader and writer of that format (the preflight, make
@@ -38,9 +39,23 @@ class Host:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where the hosts came from, as preflight.json records it (provenance.inventory_source)."""
+    kind: str  # "hosts" (--hosts), "inventory" (a hostfile), "this machine", "slurm"
+    details: tuple[tuple[str, str | int], ...] = ()  # e.g. ("path", "hosts.txt")
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, **dict(self.details)}
+
+    def plus(self, **details: str | int) -> Origin:
+        return Origin(self.kind, self.details + tuple(details.items()))
+
+
+@dataclass(frozen=True)
 class Inventory:
     hosts: tuple[Host, ...]
-    source: str  # "--hosts", a file path, or "default (this machine)"
+    source: str  # "--hosts", a file path, "default (this machine)", "Slurm job 7 (h[1-2], ...)"
+    origin: Origin = Origin("inventory")
 
     @property
     def names(self) -> list[str]:
@@ -97,7 +112,7 @@ def parse_hostfile(text: str, source: str) -> Inventory:
             hosts.append(parse_hostfile_line(line, f"{source} line {number}"))
     if not hosts:
         raise InventoryError(f"{source}: no hosts in the inventory; add lines like 'h1 slots=2'")
-    return Inventory(tuple(hosts), source)
+    return Inventory(tuple(hosts), source, Origin("inventory", (("path", source),)))
 
 
 def parse_hostfile_line(line: str, where: str) -> Host:
@@ -128,7 +143,7 @@ def parse_hosts_arg(text: str) -> Inventory:
         name, slots = split_host_slots(item, where)
         hosts.append(Host(check_name(name, where),
                           None if slots is None else parse_slots(slots, name, where), where))
-    return Inventory(tuple(hosts), "--hosts")
+    return Inventory(tuple(hosts), "--hosts", Origin("hosts"))
 
 
 def split_host_slots(item: str, where: str) -> tuple[str, str | None]:
@@ -144,7 +159,8 @@ def split_host_slots(item: str, where: str) -> tuple[str, str | None]:
 
 
 def default_inventory() -> Inventory:
-    return Inventory((Host(DEFAULT_HOST, None, "default"),), "default (this machine)")
+    return Inventory((Host(DEFAULT_HOST, None, "default"),), "default (this machine)",
+                     Origin("this machine"))
 
 
 def load(hosts: str | None, path: str | None) -> Inventory:

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +28,7 @@ from rich.text import Text
 from . import __version__, checks
 from .errors import UserError
 from .facts import speed_text
+from .inventory import Inventory
 from .inventory import hostfile_text as inventory_text
 from .result import HostReport, Report, Status
 
@@ -89,9 +90,10 @@ def document(outcome: Outcome) -> dict:
 
 
 def write_outputs(outcome: Outcome, hostfile: Path, report_path: Path,
-                  inventory_source: str) -> tuple[Outcome, str]:
+                  inventory_source: str, origin: Mapping | None = None) -> tuple[Outcome, str]:
     """Writes the hostfile (healthy hosts only) and the report; returns the final outcome and a
-    line about the hostfile."""
+    line about the hostfile. `origin` (Inventory.origin.as_dict()) becomes
+    provenance.inventory_source, e.g. {"kind": "slurm", "job_id": "7", "nodelist": "h[1-3]"}."""
     report = outcome.report
     text = hostfile_text(report)
     if text:
@@ -112,6 +114,8 @@ def write_outputs(outcome: Outcome, hostfile: Path, report_path: Path,
         "hostfile_sha256": digest,
         "preflight_version": __version__,
     }
+    if origin is not None:
+        provenance["inventory_source"] = dict(origin)
     report = dataclasses.replace(report, provenance=provenance)
     outcome = dataclasses.replace(outcome, report=report)
     data = (json.dumps(document(outcome), indent=2) + "\n").encode()
@@ -158,6 +162,16 @@ def summary(outcome: Outcome, hostfile_note: str) -> str:
              else "no interface")
     verdict = "all hosts healthy" if report.ok else f"{healthy} of {total} hosts healthy"
     return f"{verdict}; interface {iface}; np {report.np}; hostfile: {hostfile_note}"
+
+
+def inventory_line(inventory: Inventory) -> str:
+    """Which hosts are checked and where they came from, in one line."""
+    count = len(inventory.hosts)
+    if inventory.origin.kind == "slurm":  # the source names the job and counts its nodes
+        return f"inventory: {inventory.source}"
+    if inventory.origin.kind == "this machine":
+        return "inventory: this machine (localhost; no hosts given, no Slurm allocation)"
+    return f"inventory: {inventory.source} ({count} host{'' if count == 1 else 's'})"
 
 
 def interfaces_table(outcome: Outcome, unicode: bool = True) -> Table:

@@ -26,12 +26,12 @@ its own words what the kernel refused, which a person can rerun by hand.
 
 Modules: settings (names and places), options (what `up` builds), state (state.json and its
 reader), system (tools, pidfiles, locks), net (namespaces, links, /etc/hosts), sshd (keys,
-sshd, hostname holders), sshconfig (the ~/.ssh/config block), faults, cluster (the `Cluster`
+sshd, hostname holders), sshconfig (the ~/.ssh/config block), faults, slurm (a real Slurm on
+the hosts, `up --slurm`), cluster (the `Cluster`
 API), __main__ (the command line).
 """
 
-from .cluster import Cluster, Fault
-from .faults import FAULT_KINDS
+from .cluster import FAULT_KINDS, Cluster, Fault
 from .options import UpOptions
 from .settings import Settings
 from .state import Host, State, read_state

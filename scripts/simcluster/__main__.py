@@ -15,13 +15,12 @@ from typing import NoReturn
 
 from preflight.errors import Exit, UserError, render
 
-from .cluster import Cluster
-from .faults import FAULT_KINDS
+from .cluster import FAULT_KINDS, Cluster
 from .options import UpOptions
 from .settings import CLI, DEFAULT_HOSTS, MAX_HOSTS, PROG, SECOND_NET, SUBNET, Settings
 from .system import need_root, with_sbin
 
-COMMANDS = ("up", "down", "status", "hosts", "exec", "fault")
+COMMANDS = ("up", "down", "status", "hosts", "exec", "slurm", "fault")
 
 HELP = """\
 Usage: {cli} COMMAND [ARGS]
@@ -41,15 +40,26 @@ Commands:
       --debian-hosts HOSTS    put Debian's '127.0.1.1 hN' line before the real one in /etc/hosts
       --mtu HOST=MTU[,...]    set the MTU of that host's cluster interface (switch side stays 1500)
       --ifname HOST=NAME[,...] name that host's cluster interface NAME instead of eth0
+      --slurm                 also run a real Slurm (Debian's slurmctld, slurmd, munge; installed
+                              with apt-get when missing): munged and slurmctld on h1, one slurmd
+                              per host, node names h1..hN, one partition 'sim'; waits until
+                              every node is idle. Every host sees the cluster's config as
+                              /etc/slurm, so sinfo, srun, sbatch work in `exec` and over ssh.
+      --slurm-cpus N          CPUs of each Slurm node (default 2; implies --slurm)
                      HOSTS is 'all' or a comma list such as h1,h3.
   down               kill every process in the cluster's namespaces, delete the namespaces,
                      /etc/netns/{prefix}-*, the ssh config block and the state directory. Works
                      on a half-built cluster; prints "nothing to remove" when there is nothing.
-  status             hosts, addresses, sshd state and active faults; exit 1 if no cluster is up.
+  status             hosts, addresses, sshd state and active faults (with --slurm: Slurm's daemons
+                     and each node's state as sinfo says); exit 1 if no cluster is up.
   hosts              the host names, one per line; exit 1 if no cluster is up.
   exec HOST CMD [ARGS...]
                      run CMD on HOST (its network namespace, /etc/hosts and hostname) with stdin,
                      stdout and stderr passed through; exits with CMD's status.
+  slurm CMD [ARGS...]
+                     run CMD on the login node h1 of a cluster built with --slurm, e.g.
+                     'slurm sinfo', 'slurm srun -N3 hostname', 'slurm sbatch --wrap hostname'
+                     (jobs run as root: mpirun in them needs --allow-run-as-root).
   fault HOST KIND on|off [VALUE]
                      inject (on) or clear (off) a fault; idempotent; 'status' lists active ones.
       link           the cluster interface goes down (off: up)
@@ -58,6 +68,9 @@ Commands:
                      kernel has no netem
       sshd           stop HOST's sshd (off: start it again)
       firewall       drop new incoming TCP connections to ports 1024-65535 (ssh on 22 still works)
+      mpi-firewall   as firewall, but Slurm's ports stay open (6817, 6818 and srun's 61000-61999):
+                     Slurm keeps the node idle and runs jobs there, while MPI's and Horovod's
+                     connections to it fail
       mtu [MTU]      set the cluster interface MTU (default 1400; off: back to 1500)
       debian-hosts   add Debian's '127.0.1.1 HOST' line to HOST's /etc/hosts (off: remove it,
                      also when 'up --debian-hosts' put it there); running sessions see the change
@@ -90,7 +103,9 @@ Files: the state directory ({state} here; $HVSIM_DIR, default /tmp/<prefix>) hol
 last by 'up'), id_ed25519 (the cluster's client key), known_hosts (each host key under the
 host's name and address), ssh_config, and hN/ (sshd_config, ssh_host_ed25519_key,
 authorized_keys, sshd.pid, uts.pid, sshd.log; blocked-program and shadow/ while the orted and
-shadow faults are on). /etc/netns/{prefix}-hN/hosts is the host's /etc/hosts. 'up' puts
+shadow faults are on); with --slurm, slurm/ (etc/slurm.conf and cgroup.conf, munge/, ctld/,
+nodes/hN/ with each slurmd's spool, pid, log and TmpFS). /etc/netns/{prefix}-hN/hosts is the
+host's /etc/hosts; /etc/netns/{prefix}-hN/slurm, a link to slurm/etc, is its /etc/slurm. 'up' puts
 'Include <dir>/ssh_config' at the top of the launching user's ~/.ssh/config ($SUDO_USER's under
 sudo) between the lines
   # >>> {prefix} cluster (scripts/cluster.sh) >>>
@@ -104,6 +119,8 @@ Examples (from the checkout, as root; scripts/cluster.sh is the same command):
   {cli} up 3 --decoy-bridge all --debian-hosts h3
   {cli} exec h1 ssh h2 hostname
   {cli} fault h2 firewall on
+  {cli} up 3 --slurm
+  {cli} slurm srun -N3 hostname
   {cli} down
 
 Exit status: 0 ok, 1 failure (or not root, or no cluster), 2 bad input, 3 fault not supported here.
@@ -124,7 +141,8 @@ UP_OPTIONS = (
     ("--second-if", "HOSTS", f"add eth1 ({SECOND_NET}.N.1/24), reaching nothing"),
     ("--debian-hosts", "HOSTS", "put Debian's '127.0.1.1 hN' line first in /etc/hosts"),
     ("--mtu", "HOST=MTU[,...]", "the MTU of the host's cluster interface (switch side: 1500)"),
-    ("--ifname", "HOST=NAME[,...]", "name the host's cluster interface NAME instead of eth0"))
+    ("--ifname", "HOST=NAME[,...]", "name the host's cluster interface NAME instead of eth0"),
+    ("--slurm-cpus", "N", "CPUs of each Slurm node (default 2; implies --slurm)"))
 
 
 class Parser(argparse.ArgumentParser):
@@ -144,11 +162,14 @@ def build_parser() -> Parser:
     up.add_argument("n", nargs="?", metavar="N", help=f"hosts, 1 to {MAX_HOSTS} (default 3)")
     for opt, what, text in UP_OPTIONS:
         up.add_argument(opt, default="", metavar=what, help=text)
+    up.add_argument("--slurm", action="store_true", help="also run a real Slurm")
     for name in ("down", "status", "hosts"):
         sub.add_parser(name, allow_abbrev=False)
     run = sub.add_parser("exec", allow_abbrev=False)
     run.add_argument("host", nargs="?", metavar="HOST")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]")
+    on_login = sub.add_parser("slurm", allow_abbrev=False)
+    on_login.add_argument("argv", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]")
     fault = sub.add_parser("fault", allow_abbrev=False, epilog=f"KIND: {', '.join(FAULT_KINDS)}")
     for name, meta in (("host", "HOST"), ("kind", "KIND"), ("state", "on|off"),
                        ("value", "VALUE")):
@@ -162,7 +183,7 @@ def cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise UserError(f"unknown option '{extra[0]}' for up", f"see {CLI} --help")
     options = UpOptions.parse(args.n, args.decoy_bridge, args.second_if, args.debian_hosts,
-                              args.mtu, args.ifname)
+                              args.mtu, args.ifname, args.slurm, args.slurm_cpus)
     need_root()
     Cluster.from_env().up(options)
     return Exit.OK
@@ -202,6 +223,16 @@ def cmd_exec(args: argparse.Namespace, extra: list[str]) -> int:
     os.execve(argv[0], argv, command_env())  # the command takes this process: its status is ours
 
 
+def cmd_slurm(args: argparse.Namespace, extra: list[str]) -> int:
+    if not args.argv:
+        raise UserError("slurm needs a command", f"e.g.: {CLI} slurm srun -N3 hostname")
+    need_root()
+    cluster = Cluster.from_env()
+    argv = cluster.exec_argv(cluster.slurm_login_node(), args.argv)
+    sys.stdout.flush()
+    os.execve(argv[0], argv, command_env())
+
+
 def command_env() -> dict[str, str]:
     """This environment less the PYTHONPATH entry that found this package (the Makefile and
     scripts/cluster.sh add it), so a command on a host sees the environment it was given."""
@@ -222,7 +253,7 @@ def cmd_fault(args: argparse.Namespace, extra: list[str]) -> int:
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "up": cmd_up, "down": cmd_down, "status": cmd_status, "hosts": cmd_hosts, "exec": cmd_exec,
-    "fault": cmd_fault}
+    "slurm": cmd_slurm, "fault": cmd_fault}
 
 
 def dispatch(argv: list[str]) -> int:

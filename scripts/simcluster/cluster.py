@@ -14,9 +14,9 @@ from pathlib import Path
 
 from preflight.errors import Exit, UserError
 
-from . import faults, net, sshconfig, sshd
+from . import faults, net, slurm, sshconfig, sshd
 from .options import UpOptions
-from .settings import DEFAULT_PREFIX, PROG, UP_HINT, Settings, bad_host
+from .settings import CLI, DEFAULT_PREFIX, PROG, UP_HINT, Settings, bad_host
 from .state import Host, State, dir_is_foreign, mark_ours, read_state, state_is_ours, write_state
 from .system import locked, need_root, pid_is_ours, read_pid, run, stop_pids, tool, warn, with_sbin
 
@@ -85,15 +85,19 @@ class Cluster:
         return {h.name: h.ifname for h in self.state().hosts}
 
     def healthy(self, state: State) -> bool:
-        """Every namespace, hostname holder and sshd of the recorded cluster is there."""
+        """Every namespace, hostname holder and sshd of the recorded cluster is there, and
+        every Slurm daemon where it has Slurm."""
         return net.ns_exists(self.settings.switch_ns) and all(
             net.ns_exists(h.namespace) and sshd.uts_pid(self.settings, h.name)
-            and sshd.sshd_pid(self.settings, h.name) for h in state.hosts)
+            and sshd.sshd_pid(self.settings, h.name) for h in state.hosts) and (
+            not state.options.slurm or slurm.healthy(self.settings, state.names))
 
     def status_lines(self) -> list[str]:
         state = self.state()
         return ([f"{PROG}: cluster up: {state.options.describe(state.prefix)}"]
-                + self.table(state) + (state.fault_lines() or ["faults: none"]))
+                + self.table(state) + (state.fault_lines() or ["faults: none"])
+                + (slurm.status_lines(self.settings, state.names) if state.options.slurm
+                   else []))
 
     def table(self, state: State) -> list[str]:
         lines = [ROW.format("HOST", "NAMESPACE", "INTERFACE", "ADDRESS", "SSHD", "EXTRAS")]
@@ -135,6 +139,8 @@ class Cluster:
         if not isinstance(options, UpOptions):
             options = UpOptions.parse(None if options is None else str(options))
         need_root()
+        if options.slurm:
+            slurm.ensure_installed(self.say)  # before anything is torn down or built
         with self._lock():
             state = read_state(self.settings)
             if state and state.options == options and state.prefix == self.prefix \
@@ -158,8 +164,11 @@ class Cluster:
         # With a fault on (a link down, say) logins may fail on purpose; alive sshds suffice.
         if not state.faults:
             sshd.wait_ready(self.settings, state.names)
+            if state.options.slurm:
+                slurm.wait_idle(self.settings, state.names)
         self.say(f"cluster already up ({len(state.hosts)} hosts, same options); "
-                 "every sshd is alive")
+                 "every sshd is alive" + (" and every Slurm daemon" if state.options.slurm
+                                          else ""))
         for line in self.table(state) + state.fault_lines():
             self.log(line)
         return state
@@ -191,6 +200,8 @@ class Cluster:
             sshd.start_sshd(settings, host)
         sshconfig.install_include(settings)
         sshd.wait_ready(settings, options.names)
+        if options.slurm:
+            slurm.start(settings, options.names, options.slurm_cpus, self.say)
         state = State.new(settings, options)
         write_state(settings, state)  # last: its presence means completely built
         return state
@@ -203,6 +214,8 @@ class Cluster:
         if host in options.second_if:
             net.make_second_if(settings, index)
         net.write_hosts_file(settings, index, options.hosts, host in options.debian_hosts)
+        if options.slurm:
+            slurm.link_etc(settings, host)  # before sshd starts, so its sessions see it too
         sshd.make_host_ssh(settings, index)
 
     def down(self) -> list[str]:
@@ -224,7 +237,8 @@ class Cluster:
         namespaces, the namespaces, /etc/netns, the ssh config block and the state directory."""
         settings = self.settings
         namespaces = net.our_namespaces(settings)
-        removed = self._stop_recorded_processes()
+        # Slurm first: its slurmds would otherwise log the controller's going as node failures.
+        removed = slurm.stop(settings) + self._stop_recorded_processes()
         removed += net.delete_namespaces(namespaces)
         removed += net.remove_etc_dirs(settings)
         removed += sshconfig.remove_include(settings)
@@ -281,18 +295,29 @@ class Cluster:
         kwargs["env"] = {**env, "PATH": with_sbin(env.get("PATH"))}
         return subprocess.run(self.exec_argv(host, argv), **kwargs)
 
+    def slurm_login_node(self) -> str:
+        """The host where Slurm's commands run as on a login node (h1); a UserError when the
+        cluster was built without --slurm."""
+        if not self.state().options.slurm:
+            raise UserError(f"cluster {self.prefix} has no Slurm",
+                            f"build it with: {CLI} up N --slurm", Exit.FAILED)
+        return slurm.CONTROLLER
+
     # --- faults ------------------------------------------------------------------------------
 
     def set_fault(self, host: str, kind: str, state: str, value: str | int | None = None) -> str:
         """Turns a fault on or off (idempotent) and records it; returns the line it logged."""
-        faults.check_request(kind, state)
+        check_fault_request(kind, state)
         need_root()
         target = self.host(host)
         value = faults.check_value(kind, state, None if value is None else str(value), host,
                                    self.hosts)
         with self._lock():
             # Read under the lock: the faults already on decide how some faults are undone.
-            faults.apply(self.settings, self.state(), target, kind, state == "on", value)
+            if kind in slurm.FAULTS:
+                slurm.FAULTS[kind](self.settings, self.state(), target, state == "on", value)
+            else:
+                faults.apply(self.settings, self.state(), target, kind, state == "on", value)
             self._record_fault(host, kind, value if state == "on" else None)
         shown = f" ({value})" if state == "on" and value else ""
         self.say(f"{host}: fault {kind} {state}{shown}")
@@ -318,6 +343,18 @@ class Cluster:
                 raise
             fault.error = error
         return fault
+
+
+# The faults of faults.py and the one of slurm.py (it keeps Slurm's ports open).
+FAULT_KINDS = faults.FAULT_KINDS + slurm.FAULT_KINDS
+
+
+def check_fault_request(kind: str, state: str) -> None:
+    if kind not in FAULT_KINDS:
+        raise UserError(f"unknown fault kind '{kind}'", f"kinds are: {' '.join(FAULT_KINDS)}")
+    if state not in ("on", "off"):
+        raise UserError(f"fault state must be 'on' or 'off', not '{state}'",
+                        "e.g.: fault h2 firewall on")
 
 
 def _is_empty_dir(path: Path) -> bool:

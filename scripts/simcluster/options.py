@@ -9,6 +9,9 @@ from preflight.errors import UserError
 
 from .settings import CLI, DEFAULT_HOSTS, MAX_HOSTS, host_index
 
+DEFAULT_SLURM_CPUS = 2  # this machine's 2 cores; slurm.conf may say more (config_overrides)
+MAX_SLURM_CPUS = 256
+
 IFNAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,14}")
 # Names the simulation itself uses inside a host.
 TAKEN_IFNAMES = ("lo", "docker0", "eth1", "eth1-peer", "vethdk0a", "vethdk0b")
@@ -25,6 +28,9 @@ class UpOptions:
     debian_hosts: tuple[str, ...] = ()
     mtu: dict[str, int] = field(default_factory=dict)
     ifname: dict[str, str] = field(default_factory=dict)
+    # A real Slurm beside sshd (see slurm.py): slurm_cpus is each node's CPUs in slurm.conf.
+    slurm: bool = False
+    slurm_cpus: int = DEFAULT_SLURM_CPUS
 
     @property
     def names(self) -> list[str]:
@@ -39,28 +45,36 @@ class UpOptions:
         ifn = ",".join(f"{h}={self.ifname[h]}" for h in self.names if h in self.ifname)
         return (f"prefix={prefix} hosts={self.hosts} decoy-bridge={','.join(self.decoy_bridge)} "
                 f"second-if={','.join(self.second_if)} "
-                f"debian-hosts={','.join(self.debian_hosts)} mtu={mtu} ifname={ifn}")
+                f"debian-hosts={','.join(self.debian_hosts)} mtu={mtu} ifname={ifn}"
+                + (f" slurm=on slurm-cpus={self.slurm_cpus}" if self.slurm else ""))
 
     def to_json(self) -> dict:
         return {"hosts": self.hosts, "decoy_bridge": list(self.decoy_bridge),
                 "second_if": list(self.second_if), "debian_hosts": list(self.debian_hosts),
-                "mtu": dict(self.mtu), "ifname": dict(self.ifname)}
+                "mtu": dict(self.mtu), "ifname": dict(self.ifname), "slurm": self.slurm,
+                "slurm_cpus": self.slurm_cpus}
 
     @classmethod
     def from_json(cls, doc: dict) -> UpOptions:
         return cls(doc["hosts"], tuple(doc["decoy_bridge"]), tuple(doc["second_if"]),
-                   tuple(doc["debian_hosts"]), dict(doc["mtu"]), dict(doc["ifname"]))
+                   tuple(doc["debian_hosts"]), dict(doc["mtu"]), dict(doc["ifname"]),
+                   # A state file written before --slurm existed has neither key.
+                   bool(doc.get("slurm", False)), int(doc.get("slurm_cpus", DEFAULT_SLURM_CPUS)))
 
     @classmethod
     def parse(cls, count: str | None = None, decoy_bridge: str = "", second_if: str = "",
-              debian_hosts: str = "", mtu: str = "", ifname: str = "") -> UpOptions:
-        """The options as typed on the command line ('all', 'h1,h3', 'h1=9000,h2=1400')."""
+              debian_hosts: str = "", mtu: str = "", ifname: str = "", slurm: bool = False,
+              slurm_cpus: str | int | None = None) -> UpOptions:
+        """The options as typed on the command line ('all', 'h1,h3', 'h1=9000,h2=1400').
+        slurm_cpus given means slurm."""
         n = parse_count(count)
+        cpus = DEFAULT_SLURM_CPUS if slurm_cpus in (None, "") else check_slurm_cpus(slurm_cpus)
         return cls(n, host_list(decoy_bridge, n, "--decoy-bridge"),
                    host_list(second_if, n, "--second-if"),
                    host_list(debian_hosts, n, "--debian-hosts"),
                    {h: check_mtu(v) for h, v in host_map(mtu, n, "--mtu", "MTU").items()},
-                   {h: check_ifname(v) for h, v in host_map(ifname, n, "--ifname", "NAME").items()})
+                   {h: check_ifname(v) for h, v in host_map(ifname, n, "--ifname", "NAME").items()},
+                   slurm or slurm_cpus not in (None, ""), cpus)
 
 
 def parse_count(count: str | None) -> int:
@@ -126,3 +140,11 @@ def check_ifname(value: str) -> str:
         raise UserError(f"--ifname: '{value}' is taken by the simulation",
                         "pick another name such as ens5")
     return value
+
+
+def check_slurm_cpus(value: str | int) -> int:
+    text = str(value)
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_SLURM_CPUS):
+        raise UserError(f"--slurm-cpus '{value}' is not a whole number from 1 to "
+                        f"{MAX_SLURM_CPUS}", "e.g. --slurm-cpus 2")
+    return int(text)

@@ -3,7 +3,8 @@
 `up` writes state.json last, so its presence means the cluster was completely built. It holds
 the options the cluster was built with, each host's name, address, interface and namespace, and
 the faults that are on. The other files in the state directory are the ones ssh and sshd read
-(keys, known_hosts, ssh_config, hN/sshd_config) or write (hN/sshd.pid, hN/sshd.log).
+(keys, known_hosts, ssh_config, hN/sshd_config) or write (hN/sshd.pid, hN/sshd.log), and, for a
+cluster built with --slurm (options.slurm), Slurm's and munge's under slurm/ (see slurm.py).
 """
 
 from __future__ import annotations

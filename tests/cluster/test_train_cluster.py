@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -45,6 +46,44 @@ def test_preflight_then_training_across_three_hosts(cluster, tmp_path: Path) -> 
     assert sorted(metrics["rank_hosts"]) == ["h1", "h2", "h3"]  # every rank took part
     assert metrics["val_accuracy"] >= 0.95
     assert (run / "model.keras").is_file() and list((run / "checkpoints").glob("epoch-015.keras"))
+
+
+def test_training_from_csv_files_gives_each_host_its_own_files(cluster, tmp_path: Path) -> None:
+    # The in-memory set as 6 CSV training files (and 2 validation files), as a user's would be.
+    data = tmp_path / "digits-csv"
+    written = subprocess.run([str(VENV_PY), str(ROOT / "template" / "records.py"), str(data),
+                              "--files", "6"], capture_output=True, text=True, timeout=120)
+    assert written.returncode == 0, written.stderr[-2000:]
+    train_files = sorted(str(p) for p in data.glob("train-*.csv"))
+    cluster.fault("h3", "debian-hosts", "off")
+    try:
+        env = {**os.environ, "HOSTS": "h1:1,h2:1,h3:1", "REPORT": str(tmp_path / "pf.json"),
+               "PREFLIGHT_HOSTFILE": str(tmp_path / "hostfile"), "OUT": str(tmp_path / "runs"),
+               "EPOCHS": "15", "DATA": str(data)}
+        proc = cluster.exec("h1", *TRAIN, env=env, cwd=str(ROOT), timeout=600)
+    finally:
+        cluster.fault("h3", "debian-hosts", "on")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    (run,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert sorted(metrics["rank_hosts"]) == ["h1", "h2", "h3"]
+    per_rank = metrics["rank_files"]
+    assert [len(files) for files in per_rank] == [2, 2, 2]
+    every = [f for files in per_rank for f in files]
+    assert sorted(every) == train_files  # disjoint, and together the whole set
+    assert metrics["val_accuracy"] >= 0.95  # what the in-memory run reaches (test above)
+    # What the user saw: one line per epoch, no mpirun tags, no TensorFlow start-up notes.
+    assert "1438 records in 6 csv files" in proc.stdout
+    assert len([ln for ln in proc.stdout.splitlines() if ln.startswith("epoch ")]) == 15
+    assert "<stdout>:" not in proc.stdout and "oneDNN" not in proc.stdout + proc.stderr
+
+    # make evaluate: the saved model on the full validation files, in one process.
+    evaluated = subprocess.run(["make", "--no-print-directory", "evaluate", f"RUN={run}"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    shown = dict(re.findall(r"(val_\w+) ([\d.]+)", evaluated.stdout))
+    assert abs(float(shown["val_accuracy"]) - metrics["val_accuracy"]) < 0.03
 
 
 @pytest.fixture

@@ -319,9 +319,9 @@ def test_the_last_checkpoint_and_the_resume_command_follow(tmp_path: Path) -> No
     run = tmp_path / "runs" / "20260101-120000"
     (run / "checkpoints").mkdir(parents=True)
     for epoch in (1, 2, 10):
-        (run / "checkpoints" / f"epoch-{epoch:03d}.h5").write_bytes(b"")
+        (run / "checkpoints" / f"epoch-{epoch:03d}.keras").write_bytes(b"")
     log = f"[1,0]<stdout>:run directory {run}[1,0]<stdout>: (2 processes)\n" + MPI_KILLED
-    newest = run / "checkpoints" / "epoch-010.h5"
+    newest = run / "checkpoints" / "epoch-010.keras"
     assert explain.failure(log) == ("rank 1 on h2 was killed by signal 9 (Killed); last "
                                     f"checkpoint {newest}; continue with: make train "
                                     f"RESUME={run}")

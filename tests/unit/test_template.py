@@ -92,8 +92,9 @@ few = train.shard(1, 9)  # fewer files than ranks
 print(json.dumps({
     "files": [list(s.files) for s, _ in shards], "by_record": [b for _, b in shards],
     "all": list(train.files), "val": list(val.files), "count": records.count(train),
-    "n": len(x), "n_val": len(xv), "read": len(xs), "sum_read": float(xs.sum()),
-    "sum": float(np.sum(x)), "shape": list(xs.shape[1:]), "input_shape": list(data.INPUT_SHAPE),
+    "n": len(x), "n_val": len(xv), "read": len(xs), "sum_read": float(np.abs(xs).sum()),
+    "sum": float(np.abs(x).sum()), "shape": list(xs.shape[1:]),
+    "input_shape": list(data.INPUT_SHAPE),
     "few_by_record": few[1], "few_files": len(few[0].files),
     "val_count": records.count(val)}))
 """

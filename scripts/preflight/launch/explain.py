@@ -50,7 +50,7 @@ def resume_hint(log: str, elastic: bool = False) -> str:
     """'; last checkpoint C; continue with: make train RESUME=R' when the run wrote one."""
     if not (run := RUN_DIR_RE.search(log)):
         return ""
-    checkpoints = sorted(Path(run.group(1)).glob("checkpoints/epoch-*.h5"))
+    checkpoints = sorted(Path(run.group(1)).glob("checkpoints/epoch-*.keras"))
     if not checkpoints:
         return ""
     again = "make train ELASTIC=1" if elastic else "make train"

@@ -38,6 +38,7 @@ from shutil import rmtree
 from typing import BinaryIO
 
 from .. import inventory as inv
+from .. import slurm
 from ..errors import Exit, UserError, render
 from ..proc import KILL_GRACE_S, stop_group
 from ..report import read_report, vouches
@@ -126,9 +127,24 @@ def choose_hostfile(cfg: LaunchConfig) -> Path:
             raise UserError("no host passed the preflight",
                             "fix the failures above, then make train again")
         say("some hosts failed the preflight (above); training on the healthy ones")
+        say_slurm_exclude(cfg.report)
     elif rc != Exit.OK:
         raise PreflightFailed(128 - rc if rc < 0 else rc)
     return output
+
+
+def say_slurm_exclude(report: Path) -> None:
+    """Inside a Slurm job, the --exclude= option that keeps the next submission off the hosts
+    that failed (the allocation's node names are the preflight's hosts)."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return
+    try:
+        option = slurm.exclude_option(slurm.failed_hosts(read_report(report)))
+    except UserError:
+        return
+    if option:
+        say(f"Slurm job {os.environ['SLURM_JOB_ID']}: next time leave them out: sbatch {option} "
+            f"... (make submit EXCLUDE={option.split('=', 1)[1]})")
 
 
 def report_vouches(report: Path, hostfile: Path) -> bool:
