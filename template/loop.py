@@ -92,9 +92,11 @@ def datasets(cfg: Config, rank: int, size: int) -> Data:
         val_mine, val_by_record = val_set.shard(rank, size)
         val = records.dataset(val_mine, data.from_record, batch, rank=rank, size=size,
                               by_record=val_by_record)
-    note = (f"{len(train_set.files)} {train_set.fmt} files for {size} ranks: each reads all and "
-            f"keeps every {size}th record" if by_record else
-            f"{len(train_set.files)} {train_set.fmt} files, {len(mine.files)}+ per rank")
+    files = len(train_set.files)
+    note = (f"{files} {train_set.fmt} files for {size} ranks: fewer files than ranks, so each "
+            f"reads all and keeps 1 record in {size}" if by_record else
+            f"{files} {train_set.fmt} files, " + "-".join(
+                str(n) for n in sorted({files // size, -(-files // size)})) + " per rank")
     return Data(train, val, max(1, math.ceil(total / (batch * size))), list(mine.files),
                 f"{total} records in {note}" + ("" if val else "; no validation files"))
 
@@ -109,7 +111,7 @@ def in_memory(cfg: Config, rank: int, size: int) -> Data:
     val = tf.data.Dataset.from_tensor_slices((x_val[rank::size], y_val[rank::size]))
     steps = max(1, math.ceil(len(x_train) / (cfg.batch_size * size)))
     return Data(train, val.batch(cfg.batch_size), steps, [],
-                f"{len(x_train)} in-memory records, every {size}th per rank")
+                f"{len(x_train)} in-memory records, 1 in {size} per rank")
 
 
 # --- the model -------------------------------------------------------------------------------
@@ -292,9 +294,7 @@ def finish(run: Path, model: tf.keras.Model, progress: ProgressLine, cfg: Config
         "samples_per_second": round(progress.samples_per_second(), 1),
         "world_size": len(rank_hosts), "rank_hosts": rank_hosts, "rank_files": rank_files,
         "epochs": cfg.epochs, "initial_epoch": initial_epoch,
-        # Read back from the model, not the configuration: what the run really did.
-        "optimizer_steps": int(model.optimizer.iterations),
-        "compute_dtype": model.layers[0].compute_dtype,
+        "compute_dtype": model.layers[0].compute_dtype,  # the model's, not the configuration's
         "settings": {k: getattr(cfg, k) for k in ("data", "val_data", "batch_size", "lr",
                                                   "accumulate", "fp16_allreduce",
                                                   "mixed_precision")},

@@ -36,3 +36,10 @@ def test_one_cluster_is_as_large_as_the_largest_benchmark_asks():
     assert run.cluster_size(run.parse_args([])) == 16
     assert run.cluster_size(run.parse_args(["--only", "allreduce", "--allreduce-hosts", "3"])) == 3
     assert run.cluster_size(run.parse_args(["--only", "step"])) == 1
+
+
+def test_callback_hook_times_are_summed_per_batch():
+    import callback_cost
+
+    # Two callbacks x two hooks per batch: each batch's four durations make one total.
+    assert callback_cost.per_batch([1, 2, 3, 4, 10, 20, 30, 40], 4) == [10, 100]
