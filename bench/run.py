@@ -8,6 +8,8 @@ a JSON file and a PNG plot each under bench/results/.
   allreduce  Horovod's allreduce bus bandwidth from 1 KiB to 64 MiB beside raw MPI's and one
              TCP stream's
   callbacks  what the template's callbacks cost per batch, before and after they were reworked
+  scaling    predicted against measured step time on links throttled to 1 Gbit/s and
+             100 Mbit/s, 1-4 hosts, plain, fp16 compression and accumulation
 
 The cluster (scripts/simcluster, namespace prefix $BENCH_PREFIX, default hvbench) is built once,
 as large as the largest host count asked for, and removed at the end whatever happens: an error,
@@ -25,10 +27,11 @@ import time
 import allreduce
 import callback_cost
 import preflight_cost
+import scaling_cost
 import step_cost
 from common import PREFIX, RESULTS, Cluster
 
-BENCHMARKS = ("preflight", "step", "allreduce", "callbacks")
+BENCHMARKS = ("preflight", "step", "allreduce", "callbacks", "scaling")
 DEFAULT_HOSTS = (1, 3, 8, 16)
 QUICK_HOSTS = (1, 3)
 DEFAULT_REPEAT, QUICK_REPEAT = 3, 1
@@ -99,6 +102,8 @@ def cluster_size(args: argparse.Namespace) -> int:
         size = max(size, args.hosts[-1])
     if "allreduce" in args.only:
         size = max(size, args.allreduce_hosts)
+    if "scaling" in args.only:
+        size = max(size, max(scaling_cost.HOSTS))
     return size
 
 
@@ -129,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             allreduce.run(cluster, args.allreduce_hosts, args.repeat, args.quick, console, say)
         if "callbacks" in args.only:
             callback_cost.run(cluster, min(args.epochs, 4), console, say)
+        if "scaling" in args.only:
+            scaling_cost.run(cluster, args.quick, console, say)
     say(f"done; cluster {PREFIX} removed")
     return 0
 

@@ -34,6 +34,7 @@ class Config:
     fp16_allreduce: bool
     mixed_precision: bool
     resume: str
+    network_report: str
 
     def problems(self) -> list[str]:
         wrong = [f"{name} must be >= {least}" for name, least in

@@ -163,6 +163,80 @@ def callbacks(cfg: Config, size: int, steps_per_epoch: int, run: Path | None,
     return shared + [progress, Checkpoints(run, progress), EpochSummaries(run / "tensorboard")]
 
 
+# --- the scaling prediction (preflight.scaling) ---------------------------------------------
+
+def compute_seconds(model: tf.keras.Model, dataset: tf.data.Dataset, steps: int = 10) -> float:
+    """One rank's forward and backward pass on one batch, without the allreduce: what a step
+    costs before communication. Every rank times it at once, sharing the host as in training."""
+    x, y = next(iter(dataset))
+
+    @tf.function
+    def gradients() -> list:
+        with tf.GradientTape() as tape:
+            loss = model.compiled_loss(y, model(x, training=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    gradients(), gradients()  # trace and warm up
+    started = time.perf_counter()
+    for _ in range(steps):
+        last = gradients()
+    float(tf.reduce_sum(last[0]))  # wait for the device
+    return (time.perf_counter() - started) / steps
+
+
+def forecast(cfg: Config, model: tf.keras.Model, data: Data, run: Path | None) -> dict:
+    """With a preflight report (make train passes its own): every rank times its compute, and
+    rank 0 (run given) prints the predicted step time, throughput and scaling for these hosts,
+    the advice when communication dominates, and draws prediction.png. {} without a report."""
+    if not cfg.network_report:
+        return {}
+    compute = compute_seconds(model, data.train)
+    if run is None:
+        return {}
+    try:
+        from preflight import scaling  # the project's package, installed in the venv
+        report = json.loads(Path(cfg.network_report).read_text())
+    except (ImportError, OSError, ValueError) as exc:
+        print(f"prediction: skipped ({exc})", flush=True)
+        return {"compute_ms": compute * 1e3}
+    hosts = [h["host"] for h in report.get("hosts", []) if h.get("ok")][:hvd.cross_size()]
+    matrices = report.get("matrices") or {}
+    work = scaling.Workload(compute, model.count_params(), cfg.batch_size, hvd.local_size(),
+                            cfg.fp16_allreduce, cfg.accumulate)
+    net = scaling.ring(hosts, matrices)
+    tips = scaling.advice(net, work, matrices)
+    print(scaling.summary(net, work) + "".join(f"\n  advice: {tip}" for tip in tips),
+          flush=True)
+    points = [asdict(p) for p in scaling.curve(hosts, matrices, work)]
+    plot_prediction(points, None, run / "prediction.png")
+    return {"compute_ms": compute * 1e3, "gradient_MB": work.gradient_bytes / 1e6,
+            "hosts": hosts, "predicted": points, "advice": tips}
+
+
+def plot_prediction(points: list[dict], measured: dict | None, path: Path) -> None:
+    """Samples/s against hosts: predicted, ideal, and the run's own where measured."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    hosts = [p["hosts"] for p in points]
+    ax.plot(hosts, [p["samples_per_s"] for p in points], "o-", label="predicted")
+    ideal = points[0]["samples_per_s"]
+    ax.plot(hosts, [ideal * n for n in hosts], ":", color="grey", label="perfect scaling")
+    if measured:
+        ax.plot([measured["hosts"]], [measured["samples_per_s"]], "r*", markersize=12,
+                label="this run")
+    ax.set_xlabel("hosts")
+    ax.set_ylabel("samples/s, all ranks")
+    ax.set_xticks(hosts)
+    ax.legend()
+    ax.set_title("Throughput against host count")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 # --- runs and checkpoints --------------------------------------------------------------------
 
 def new_run_dir(out: str) -> Path:
@@ -252,13 +326,19 @@ class ProgressLine(tf.keras.callbacks.Callback):
     def __init__(self, epochs: int, global_batch: int, steps_per_epoch: int) -> None:
         super().__init__()
         self.epochs = epochs
+        self.steps = steps_per_epoch
         self.samples_per_epoch = global_batch * steps_per_epoch
         self.rates: list[float] = []
+        self.train_seconds: list[float] = []  # each epoch's training steps, validation left out
         self.last: dict[str, float] = {}
         self.best: dict = {}  # model.BEST's best value so far: metric, value, epoch
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.started = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if batch == self.steps - 1:
+            self.train_seconds.append(time.perf_counter() - self.started)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         seconds = time.perf_counter() - self.started
@@ -284,10 +364,17 @@ class ProgressLine(tf.keras.callbacks.Callback):
         steady = self.rates[1:] or self.rates
         return sum(steady) / len(steady) if steady else 0.0
 
+    def step_seconds(self) -> float | None:
+        """The median training step (validation left out), first epoch left out."""
+        steady = sorted(self.train_seconds[1:] or self.train_seconds)
+        return steady[len(steady) // 2] / self.steps if steady else None
+
 
 def finish(run: Path, model: tf.keras.Model, progress: ProgressLine, cfg: Config,
-           initial_epoch: int, rank_hosts: list[str], rank_files: list[list[str]]) -> str:
-    """Rank 0's end of a run: model.keras, metrics.json, and the line that says so."""
+           initial_epoch: int, rank_hosts: list[str], rank_files: list[list[str]],
+           predicted: dict | None = None) -> str:
+    """Rank 0's end of a run: model.keras, metrics.json (with the scaling prediction beside
+    what the run measured), and the line that says so."""
     model.save(run / "model.keras")  # tf.keras.models.load_model(path, compile=False) loads it
     metrics = {
         **progress.last, "best": progress.best,
@@ -299,12 +386,30 @@ def finish(run: Path, model: tf.keras.Model, progress: ProgressLine, cfg: Config
                                                   "accumulate", "fp16_allreduce",
                                                   "mixed_precision")},
     }
+    if predicted:
+        metrics["scaling"] = {**predicted, "measured": measured(predicted, progress,
+                                                                   len(set(rank_hosts)))}
+        if predicted.get("predicted"):
+            plot_prediction(predicted["predicted"], metrics["scaling"]["measured"],
+                            run / "prediction.png")
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     name = model_module.BEST[0]
     shown = f"{name} {progress.last[name]:.4f}" if name in progress.last else \
         f"loss {progress.last.get('loss', float('nan')):.4f}"
     return (f"done: {shown}; model {run / 'model.keras'}, metrics {run / 'metrics.json'}, "
             f"checkpoints {run / 'checkpoints'}")
+
+
+def measured(predicted: dict, progress: ProgressLine, hosts: int) -> dict:
+    """The run's own step time and communication share, beside the prediction: the share is
+    what the step takes beyond the compute time timed before training."""
+    step = progress.step_seconds()
+    if not step:
+        return {}
+    compute = predicted["compute_ms"] / 1e3
+    return {"hosts": hosts, "step_ms": step * 1e3,
+            "samples_per_s": progress.samples_per_epoch / progress.steps / step,
+            "comm_share": max(0.0, 1 - compute / step)}
 
 
 def hostname() -> str:

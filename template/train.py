@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         loop.write_config(run, cfg)
         print(f"training on {hvd.size()} processes ({hvd.local_size()} on {loop.hostname()}, "
               f"{threads} threads each), {data.note}, run directory {run}", flush=True)
+    predicted = loop.forecast(cfg, model, data, run if rank0 else None)  # step time, scaling
     model.fit(data.train, steps_per_epoch=data.steps_per_epoch, epochs=cfg.epochs,
               initial_epoch=initial_epoch, validation_data=data.val, callbacks=callbacks,
               verbose=0)
@@ -54,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     rank_hosts = allgather_object(loop.hostname(), name="rank_hosts")
     rank_files = allgather_object(data.files, name="rank_files")
     if rank0:
-        print(loop.finish(run, model, progress, cfg, initial_epoch, rank_hosts, rank_files),
-              flush=True)
+        print(loop.finish(run, model, progress, cfg, initial_epoch, rank_hosts, rank_files,
+                          predicted), flush=True)
     return 0
 
 

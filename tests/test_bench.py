@@ -43,3 +43,16 @@ def test_callback_hook_times_are_summed_per_batch():
 
     # Two callbacks x two hooks per batch: each batch's four durations make one total.
     assert callback_cost.per_batch([1, 2, 3, 4, 10, 20, 30, 40], 4) == [10, 100]
+
+
+def test_the_scaling_benchmark_gets_four_hosts_and_compares_fp16_to_plain_runs():
+    import scaling_cost
+
+    assert run.cluster_size(run.parse_args(["--only", "scaling"])) == 4
+    rows = [{"rate": "100mbit", "hosts": 2, "mode": "plain", "measured_ms": 300.0,
+             "predicted_ms": 330.0},
+            {"rate": "100mbit", "hosts": 2, "mode": "fp16", "measured_ms": 200.0,
+             "predicted_ms": 165.0}]
+    (gain,) = scaling_cost.fp16_gains(rows)
+    assert gain["measured"] == 1.5 and gain["predicted"] == 2.0
+    assert round(gain["error"], 3) == 0.333

@@ -183,10 +183,12 @@ class Cluster:
                 or net.our_etc_dirs(settings)):
             self.say("an earlier or different cluster is there; tearing it down first")
             self._teardown()
-        self.say(f"building {options.hosts} hosts in namespaces {self.prefix}-h1.."
-                 f"{self.prefix}-h{options.hosts} (state in {self.state_dir})")
 
     def _build(self, options: UpOptions) -> State:
+        # Said here, inside up()'s try: a TERM right after this line still removes what was
+        # built (tests/cluster/test_cluster_lifecycle.py sends one as soon as it reads it).
+        self.say(f"building {options.hosts} hosts in namespaces {self.prefix}-h1.."
+                 f"{self.prefix}-h{options.hosts} (state in {self.state_dir})")
         settings = self.settings
         mark_ours(settings)  # from now on `down` may delete the state directory
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation

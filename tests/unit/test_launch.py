@@ -68,7 +68,14 @@ def test_variables_become_one_config_and_the_training_flags(venv: Path) -> None:
         "h1:2,h2:2", 3, Path("r.json"), False, 5)
     assert cfg.warmup is None  # make passes an empty value as unset
     assert cfg.training_args() == ["--epochs", "5", "--batch-size", "64", "--lr", "0.01",
-                                   "--out", "out", "--seed", "7"]
+                                   "--out", "out", "--seed", "7",
+                                   "--network-report", str(ROOT / "r.json")]
+    knobs = config(venv, DATA=str(ROOT / "template"), ACCUMULATE="2", FP16="1",
+                   MIXED_PRECISION="0")
+    assert knobs.training_args()[:6] == ["--data", str(ROOT / "template"), "--accumulate", "2",
+                                         "--fp16-allreduce", "--no-mixed-precision"]
+    assert refused(venv, DATA="no/such/folder").message.startswith("DATA=no/such/folder names")
+    assert "neither 1 nor 0" in refused(venv, FP16="yes").message
     assert cfg.preflight_inventory_args() == ["--hosts", "h1:2,h2:2"]
     assert config(venv, INVENTORY="inv", HOSTS="h1").preflight_inventory_args() == [
         "--inventory", "inv"]
@@ -88,7 +95,7 @@ def test_resume_of_a_folder_without_checkpoints_is_refused(venv: Path, tmp_path:
     assert "runs/20260101-120000" in error.remedy
     (tmp_path / "checkpoints").mkdir()
     cfg = config(venv, RESUME=str(tmp_path), ELASTIC="1")
-    assert cfg.training_args() == ["--resume", str(tmp_path)]
+    assert cfg.training_args()[:2] == ["--resume", str(tmp_path)]
     assert cfg.train_script.name == "train_elastic.py"
 
 
@@ -211,7 +218,8 @@ def test_static_command_line(venv: Path) -> None:
     assert command.horovodrun_argv(cfg, 2, "eth0", Path("hostfile")) == [
         str(venv / "bin" / "horovodrun"), "-np", "2", "--hostfile", "hostfile",
         "--network-interfaces", "eth0", str(venv / "bin" / "python"),
-        str(ROOT / "template" / "train.py"), "--epochs", "3"]
+        str(ROOT / "template" / "train.py"), "--epochs", "3",
+        "--network-report", str(ROOT / "preflight.json")]
 
 
 def test_elastic_command_line_has_gloo_the_bounds_the_cooldown_and_the_discovery(
@@ -223,7 +231,8 @@ def test_elastic_command_line_has_gloo_the_bounds_the_cooldown_and_the_discovery
         "--blacklist-cooldown-range", "30", "300",
         "--host-discovery-script", str(ROOT / "scripts" / "discover_hosts.sh"),
         "--network-interfaces", "eth0", str(venv / "bin" / "python"),
-        str(ROOT / "template" / "train_elastic.py")]
+        str(ROOT / "template" / "train_elastic.py"),
+        "--network-report", str(ROOT / "preflight.json")]
     without_max = command.horovodrun_argv(config(venv, ELASTIC="1"), 1, "eth0", Path("h"))
     assert "--max-np" not in without_max and without_max[4:6] == ["--min-np", "1"]
 

@@ -53,6 +53,7 @@ class LaunchConfig:
     fp16: bool | None = None  # FP16=1/0: float16 gradients in the allreduce
     mixed_precision: bool | None = None  # MIXED_PRECISION=1/0
     verbose: bool = False  # VERBOSE=1: the job's output as horovodrun prints it
+    bandwidth: bool = False  # BANDWIDTH=1: the preflight measures each link's bandwidth too
     elastic: bool = False  # ELASTIC=1
     min_np: int | None = None  # MIN_NP (elastic): None means 1
     max_np: int | None = None  # MAX_NP (elastic): None means no limit
@@ -85,8 +86,10 @@ class LaunchConfig:
         args = [arg for name, flag in TRAINING_FLAGS
                 if (value := getattr(self, name.lower())) is not None
                 for arg in (f"--{flag}", value)]
-        return args + [f"--{'' if on else 'no-'}{flag}" for name, flag in SWITCHES
-                       if (on := getattr(self, name.lower())) is not None]
+        args += [f"--{'' if on else 'no-'}{flag}" for name, flag in SWITCHES
+                 if (on := getattr(self, name.lower())) is not None]
+        # The links the preflight measured: train.py predicts the step time from them.
+        return args + ["--network-report", str((self.root / self.report).resolve())]
 
     def preflight_inventory_args(self) -> list[str]:
         """What the preflight checks when there is no HOSTFILE: INVENTORY, else HOSTS, else this
@@ -140,6 +143,7 @@ class LaunchConfig:
             fp16=switch("FP16", get("FP16")),
             mixed_precision=switch("MIXED_PRECISION", get("MIXED_PRECISION")),
             verbose=bool(switch("VERBOSE", get("VERBOSE"))),
+            bandwidth=bool(switch("BANDWIDTH", get("BANDWIDTH"))),
             elastic=elastic, min_np=min_np, max_np=max_np,
             ssh_keepalive=whole("SSH_KEEPALIVE", get("SSH_KEEPALIVE") or "5"),
             discover_every=seconds("DISCOVER_EVERY", get("DISCOVER_EVERY"), zero=True),

@@ -7,6 +7,8 @@ Variables (environment, all optional): HOSTFILE (train on this hostfile), HOSTS 
 (where the preflight writes the healthy hosts, default hostfile), VENV, and the training values
 EPOCHS BATCH_SIZE LR WARMUP OUT SEED RESUME DATA VAL_DATA ACCUMULATE, FP16=1/0 and
 MIXED_PRECISION=1/0, passed to template/train.py (template/config.toml says what each means).
+BANDWIDTH=1: the preflight also measures each link's bandwidth, from which train.py predicts
+the step time and scaling (it prints the prediction before the first epoch).
 The job's output is shown tidied (rank 0's lines without mpirun's tags, other ranks' behind
 [rank N], no TensorFlow start-up notes); VERBOSE=1 shows it as horovodrun prints it.
 
@@ -120,6 +122,7 @@ def choose_hostfile(cfg: LaunchConfig) -> Path:
     else:
         inventory = cfg.preflight_inventory_args()
     mode = ["--elastic"] if cfg.elastic else []  # Gloo: one name per host, strictly
+    mode += ["--bandwidth"] if cfg.bandwidth else []
     rc = subprocess.run([str(cfg.python), "-m", "preflight", *inventory, *mode, "--hostfile",
                          str(output), "--report", str(cfg.report)], cwd=cfg.root).returncode
     if rc == Exit.SOME_OUT:
