@@ -161,9 +161,9 @@ def summary(net: Ring, work: Workload) -> str:
     if net.bandwidth_Bps is None and len(net.hosts) > 1:
         return ("prediction: the preflight measured no bandwidth (make train BANDWIDTH=1, or "
                 "make preflight PREFLIGHT_ARGS=--bandwidth)")
-    link = (f"{net.bandwidth_Bps / 1e6:,.1f} MB/s on {'-'.join(net.slowest or ())}"
-            if net.bandwidth_Bps else "no network")
+    link = (f"at {net.bandwidth_Bps / 1e6:,.1f} MB/s on {'-'.join(net.slowest or ())}"
+            if net.bandwidth_Bps else "within one host")
     return (f"prediction on {point.hosts} host(s), {point.ranks} rank(s): "
             f"{point.step_s * 1e3:.1f} ms/step (compute {work.compute_s * 1e3:.1f} ms, allreduce "
-            f"{point.comm_s * 1e3:.1f} ms of {work.gradient_bytes / 1e6:.2f} MB at {link}), "
+            f"{point.comm_s * 1e3:.1f} ms of {work.gradient_bytes / 1e6:.2f} MB {link}), "
             f"{point.samples_per_s:,.0f} samples/s, scaling efficiency {point.efficiency:.0%}")

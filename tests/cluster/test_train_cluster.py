@@ -59,7 +59,7 @@ def test_training_from_csv_files_gives_each_host_its_own_files(cluster, tmp_path
     try:
         env = {**os.environ, "HOSTS": "h1:1,h2:1,h3:1", "REPORT": str(tmp_path / "pf.json"),
                "PREFLIGHT_HOSTFILE": str(tmp_path / "hostfile"), "OUT": str(tmp_path / "runs"),
-               "EPOCHS": "15", "DATA": str(data)}
+               "EPOCHS": "15", "DATA": str(data), "BANDWIDTH": "1"}
         proc = cluster.exec("h1", *TRAIN, env=env, cwd=str(ROOT), timeout=600)
     finally:
         cluster.fault("h3", "debian-hosts", "on")
@@ -77,6 +77,13 @@ def test_training_from_csv_files_gives_each_host_its_own_files(cluster, tmp_path
     assert "1438 records in 6 csv files" in proc.stdout
     assert len([ln for ln in proc.stdout.splitlines() if ln.startswith("epoch ")]) == 15
     assert "<stdout>:" not in proc.stdout and "oneDNN" not in proc.stdout + proc.stderr
+    # BANDWIDTH=1: the preflight measured the links, and the run predicted its step time from
+    # them (printed first) and measured it beside the prediction.
+    assert "prediction on 3 host(s), 3 rank(s):" in proc.stdout
+    scaling = metrics["scaling"]
+    assert [p["hosts"] for p in scaling["predicted"]] == [1, 2, 3]
+    assert scaling["measured"]["hosts"] == 3 and scaling["measured"]["step_ms"] > 0
+    assert (run / "prediction.png").read_bytes().startswith(b"\x89PNG")
 
     # make evaluate: the saved model on the full validation files, in one process.
     evaluated = subprocess.run(["make", "--no-print-directory", "evaluate", f"RUN={run}"],
