@@ -66,6 +66,10 @@ Commands:
       loss [PCT]     drop PCT% (default 30) of packets arriving at HOST (iptables statistic)
       delay [MS]     add MS ms (default 100) of delay with the netem qdisc; exits 3 when the
                      kernel has no netem
+      rate [RATE]    HOST's link runs at RATE both ways (default 100mbit; kbit, mbit, gbit or
+                     bare bits per second, 100kbit to 100gbit): a tbf qdisc on the host end of
+                     its veth and one on its switch port; the other hosts' links keep their
+                     speed. With delay on too, tbf is netem's child (delayed, then paced)
       sshd           stop HOST's sshd (off: start it again)
       firewall       drop new incoming TCP connections to ports 1024-65535 (ssh on 22 still works)
       mpi-firewall   as firewall, but Slurm's ports stay open (6817, 6818 and srun's 61000-61999):

@@ -1,11 +1,12 @@
 """Faults a host can be given and taken again: each one is idempotent, and 'off' also undoes
 what `up` did in its place (the MTU goes back to 1500, Debian's hosts line goes).
 
-The network faults (link, loss, delay, firewall, mtu) change the host's namespace; the name
-faults (debian-hosts, reverse-name, no-resolve) edit its /etc/hosts in place; hostname renames
-its UTS namespace; sshd, orted and shadow change how its sshd runs (stopped; in a private mount
-namespace where orted is /bin/false; with a PYTHONPATH for every session). 'off' of a fault with
-a value undoes whatever value is on, whatever value it is given.
+The network faults (link, loss, delay, rate, firewall, mtu) change the host's namespace, rate
+also its port on the switch; the name faults (debian-hosts, reverse-name, no-resolve) edit its
+/etc/hosts in place; hostname renames its UTS namespace; sshd, orted and shadow change how its
+sshd runs (stopped; in a private mount namespace where orted is /bin/false; with a PYTHONPATH
+for every session). 'off' of a fault with a value undoes whatever value is on, whatever value
+it is given.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ from .sshd import (
 from .state import Host, State
 from .system import ok, run, tool, with_sbin
 
-FAULT_KINDS = ("link", "loss", "delay", "sshd", "firewall", "mtu", "debian-hosts", "orted",
-               "shadow", "hostname", "reverse-name", "no-resolve")
-DEFAULT_VALUES = {"loss": "30", "delay": "100", "mtu": "1400", "shadow": "horovod",
-                  "no-resolve": "h1"}
+FAULT_KINDS = ("link", "loss", "delay", "rate", "sshd", "firewall", "mtu", "debian-hosts",
+               "orted", "shadow", "hostname", "reverse-name", "no-resolve")
+DEFAULT_VALUES = {"loss": "30", "delay": "100", "rate": "100mbit", "mtu": "1400",
+                  "shadow": "horovod", "no-resolve": "h1"}
 # The kinds whose value names another host; the default is the next host (h3 -> h1).
 NEXT_HOST_DEFAULT = ("hostname", "reverse-name")
 # What the shadow fault can shadow, and the old version each stand-in claims to be.
@@ -56,6 +57,24 @@ HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 FIREWALL_RULE = ("INPUT", "!", "-i", "lo", "-p", "tcp", "--syn", "--dport", "1024:65535",
                  "-m", "comment", "--comment", "hvsim-firewall", "-j", "DROP")
 NO_NETEM = ("unknown", "No such file", "not supported")
+# The rate fault's VALUE: bits per second as tc writes them (SI: 1kbit = 1000 bit/s). Bytes per
+# second (tc's kbps, mbps) are refused: '100mbps' is 800 Mbit/s to tc, which nobody means.
+RATE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(bit|kbit|mbit|gbit)?", re.I)
+RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
+RATE_MIN, RATE_MAX = 100 * 10**3, 100 * 10**9
+# tbf's bucket: tc-tbf(8) asks for burst >= rate/HZ, or the tokens that arrive in one timer tick
+# overflow it and the link runs slower than asked. HZ is 100 to 1000 (250 here), so 10 ms of
+# traffic at the rate suits any kernel and a timer that fires late on a loaded machine, yet it
+# is a hundredth of a second's data, so a transfer of more than a few of them sees the rate.
+# Floor: two of the largest frames (MTU + Ethernet header), as a packet bigger than the bucket
+# is dropped (GSO super-packets are cut to MTU-sized ones first).
+# Its queue (what waits for tokens): 20 ms at the rate, a switch port's buffer rather than a
+# bloated one, so RTT under load grows by at most that; but at least 10 frames, as with fewer
+# (1mbit: 20 ms is under 2 frames) TCP loses so often that it gets 80% of the rate, not 96%.
+RATE_BURST_S = 0.010
+RATE_QUEUE_S = 0.020
+RATE_QUEUE_FRAMES = 10
+ETH_HEADER = 14
 
 
 def check_request(kind: str, state: str) -> None:
@@ -89,7 +108,32 @@ def check_value(kind: str, state: str, value: str | None, host: str = "",
                         "e.g. 100")
     if kind == "mtu" and state == "on":
         check_mtu(value)
+    if kind == "rate" and state == "on":
+        rate_bits(value)
+        value = value.lower()
     return value
+
+
+def rate_bits(value: str) -> int:
+    """'100mbit' -> 100000000: a rate for the rate fault, in bits per second."""
+    match = RATE_RE.fullmatch(value)
+    if not match:
+        raise UserError(f"rate '{value}' is not a number of bits per second with kbit, mbit or "
+                        "gbit (or none: bits)", "e.g. 100mbit or 1gbit (not mbps: tc reads that "
+                        "as megabytes per second)")
+    bits = float(match.group(1)) * RATE_UNITS[(match.group(2) or "bit").lower()]
+    if not RATE_MIN <= bits <= RATE_MAX:
+        raise UserError(f"rate '{value}' is outside 100kbit to 100gbit",
+                        "e.g. 100mbit or 1gbit")
+    return int(bits)
+
+
+def tbf_args(rate: str, mtu: int) -> tuple[str, ...]:
+    """tbf's parameters for `rate` on a link of `mtu` (see RATE_BURST_S for why these)."""
+    bits, frame = rate_bits(rate), mtu + ETH_HEADER
+    burst = max(int(bits / 8 * RATE_BURST_S), 2 * frame)
+    queue = max(int(bits / 8 * RATE_QUEUE_S), RATE_QUEUE_FRAMES * frame)
+    return ("tbf", "rate", f"{bits}bit", "burst", str(burst), "limit", str(burst + queue))
 
 
 def _check_choice(kind: str, value: str, host: str, names: list[str]) -> None:
@@ -143,19 +187,53 @@ def fault_loss(settings: Settings, state: State, host: Host, on: bool, value: st
 
 
 def fault_delay(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
+    rate = state.faults.get(f"{host.name} rate")
+    _set_host_qdiscs(host, value if on else None, rate)
+
+
+def fault_rate(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
+    """The host's link runs at `value` both ways: a tbf on the host end of its veth (what the
+    host sends) and one on the switch end, port-hN (what it receives from any host). The other
+    hosts' links keep their speed: traffic between them never crosses port-hN."""
+    delay = state.faults.get(f"{host.name} delay")
+    _set_host_qdiscs(host, delay, value if on else None)
+    port = ("tc", "-n", settings.switch_ns, "qdisc")
+    run(*port, "del", "dev", f"port-{host.name}", "root", check=False)
+    if on:
+        # The switch end's MTU stays 1500 (see net.make_host_net).
+        run(*port, "add", "dev", f"port-{host.name}", "root", "handle", "10:",
+            *tbf_args(value, 1500))
+
+
+def _set_host_qdiscs(host: Host, delay: str | None, rate: str | None) -> None:
+    """Sets the qdiscs of the host end of the link as the delay and rate faults say after this
+    change. Both need the one root qdisc, so with both on, netem is the root and tbf its child
+    (tc-netem's own recipe for delay plus rate): packets are delayed, then paced. Either fault
+    can go on or off on its own; if netem cannot be added, the rate stays as it was."""
     qdisc = ("tc", "-n", host.namespace, "qdisc")
-    if not on:
-        run(*qdisc, "del", "dev", host.ifname, "root", check=False)
-        return
-    proc = run(*qdisc, "replace", "dev", host.ifname, "root", "netem", "delay", f"{value}ms",
-               check=False)
-    if proc.returncode == 0:
-        return
-    err = (proc.stderr or proc.stdout).strip()
-    if any(word in err for word in NO_NETEM):
-        raise UserError("this kernel has no netem qdisc (sch_netem)",
-                        "delay cannot be simulated", Exit.UNSUPPORTED)
-    raise UserError(f"tc could not add netem delay on {host.ifname}: {err}", code=Exit.FAILED)
+    run(*qdisc, "del", "dev", host.ifname, "root", check=False)
+    tbf = tbf_args(rate, _mtu_of(host)) if rate else ()
+    if delay:
+        proc = run(*qdisc, "add", "dev", host.ifname, "root", "handle", "1:", "netem", "delay",
+                   f"{delay}ms", check=False)
+        if proc.returncode != 0:
+            if tbf:
+                run(*qdisc, "add", "dev", host.ifname, "root", "handle", "10:", *tbf)
+            err = (proc.stderr or proc.stdout).strip()
+            if any(word in err for word in NO_NETEM):
+                raise UserError("this kernel has no netem qdisc (sch_netem)",
+                                "delay cannot be simulated", Exit.UNSUPPORTED)
+            raise UserError(f"tc could not add netem delay on {host.ifname}: {err}",
+                            code=Exit.FAILED)
+    if tbf:
+        parent = ("parent", "1:1") if delay else ("root",)
+        run(*qdisc, "add", "dev", host.ifname, *parent, "handle", "10:", *tbf)
+
+
+def _mtu_of(host: Host) -> int:
+    shown = run("ip", "-n", host.namespace, "link", "show", host.ifname).stdout
+    match = re.search(r"\bmtu ([0-9]+)", shown)
+    return int(match.group(1)) if match else 1500
 
 
 def fault_sshd(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
@@ -175,6 +253,9 @@ def fault_firewall(settings: Settings, state: State, host: Host, on: bool, value
 def fault_mtu(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
     mtu = check_mtu(value) if on else 1500
     run("ip", "-n", host.namespace, "link", "set", host.ifname, "mtu", str(mtu))
+    rate = state.faults.get(f"{host.name} rate")
+    if rate:  # tbf's bucket must hold the new largest packet
+        _set_host_qdiscs(host, state.faults.get(f"{host.name} delay"), rate)
 
 
 def fault_debian_hosts(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
@@ -270,7 +351,8 @@ def fault_no_resolve(settings: Settings, state: State, host: Host, on: bool, val
 
 
 FAULTS: dict[str, Callable[[Settings, State, Host, bool, str], None]] = {
-    "link": fault_link, "loss": fault_loss, "delay": fault_delay, "sshd": fault_sshd,
-    "firewall": fault_firewall, "mtu": fault_mtu, "debian-hosts": fault_debian_hosts,
-    "orted": fault_orted, "shadow": fault_shadow, "hostname": fault_hostname,
-    "reverse-name": fault_reverse_name, "no-resolve": fault_no_resolve}
+    "link": fault_link, "loss": fault_loss, "delay": fault_delay, "rate": fault_rate,
+    "sshd": fault_sshd, "firewall": fault_firewall, "mtu": fault_mtu,
+    "debian-hosts": fault_debian_hosts, "orted": fault_orted, "shadow": fault_shadow,
+    "hostname": fault_hostname, "reverse-name": fault_reverse_name,
+    "no-resolve": fault_no_resolve}
