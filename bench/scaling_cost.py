@@ -96,10 +96,12 @@ def worker(mode: str, steps: int) -> dict:
 # --- the driver ------------------------------------------------------------------------------
 
 def worker_argv(hosts: Sequence[str], mode: str, steps: int) -> list[str]:
+    # One host crosses no network: horovodrun then looks for the interface of 127.0.0.1 and
+    # refuses eth0.
+    network = ["--network-interfaces", IFACE,
+               f"--mpi-args=--mca oob_tcp_if_include {MPI_TRANSPORT[-1]}"] if len(hosts) > 1 else []
     return [HOROVODRUN, "--disable-cache", "-np", str(len(hosts)), "-H", host_list(hosts),
-            "--network-interfaces", IFACE,
-            f"--mpi-args=--mca oob_tcp_if_include {MPI_TRANSPORT[-1]}",
-            PYTHON, str(Path(__file__).resolve()), "worker", "--mode", mode,
+            *network, PYTHON, str(Path(__file__).resolve()), "worker", "--mode", mode,
             "--steps", str(steps)]
 
 
