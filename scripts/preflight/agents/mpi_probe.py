@@ -40,8 +40,9 @@ from array import array
 ARRAY_LEN = 4096
 PINGS = 20
 WARMUP = 3
-BURSTS = 3
+BURSTS = 3  # bandwidth bursts after the first, small one
 BURST_MESSAGES = 2
+SIZING_BYTES = 256 * 1024  # the first burst's messages: 40 ms each at 50 Mbit/s
 TAG = 7
 NAP_S = 0.0005
 SPIN_S = 0.002  # a ping-pong's wait spins this long, then naps: see finish()
@@ -149,34 +150,56 @@ def ping_pong_us(comm, peer: int, lead: bool, deadline: float) -> float:
     return statistics.quantiles(times, n=4)[0] / 2 * 1e6
 
 
-def stream_mbps(comm, peer: int, sending: bool, payload: bytearray, deadline: float
-                ) -> float | None:
-    """MB/s one way: the best of a few bursts of large messages, each timed by the sender up to
-    a one-byte reply (the best, as a busy host can stall any single burst)."""
-    ack = bytearray(1)
-    best = 0.0
-    for _ in range(BURSTS):
+def stream_mbps(comm, peer: int, sending: bool, payload: bytearray, deadline: float,
+                plan_by: float) -> float | None:
+    """MB/s one way: the best of a few bursts, each timed by the sender up to a one-byte reply
+    (the best, as a busy host can stall any single burst). The sender leads: before each burst
+    it says how large its messages are (0: no more). The first burst is small and sizes the link;
+    the next ones are as large as fit before plan_by, so a slow link (100 Mbit/s) is measured
+    in its slot rather than given up. The receiver follows, bounded by the deadline."""
+    control, ack = array("q", [0]), bytearray(1)
+    size = min(len(payload), SIZING_BYTES)
+    rates: list[tuple[int, float]] = []  # (bytes per message, MB/s) of each burst
+    for burst in range(BURSTS + 1):
+        if not sending:
+            finish(comm.Irecv(control, source=peer, tag=TAG), deadline)
+            if control[0] == 0:
+                break
+            for _ in range(BURST_MESSAGES):
+                finish(comm.Irecv(payload, source=peer, tag=TAG), deadline)
+            finish(comm.Isend(ack, dest=peer, tag=TAG), deadline)
+            continue
+        control[0] = size
+        finish(comm.Isend(control, dest=peer, tag=TAG), deadline)
+        if size == 0:
+            break
         start = time.perf_counter()
         for _ in range(BURST_MESSAGES):
-            if sending:
-                finish(comm.Isend(payload, dest=peer, tag=TAG), deadline)
-            else:
-                finish(comm.Irecv(payload, source=peer, tag=TAG), deadline)
-        if sending:
-            finish(comm.Irecv(ack, source=peer, tag=TAG), deadline)
-        else:
-            finish(comm.Isend(ack, dest=peer, tag=TAG), deadline)
-        elapsed = time.perf_counter() - start
-        best = max(best, len(payload) * BURST_MESSAGES / elapsed / 1e6)
-    return best if sending else None
+            finish(comm.Isend(memoryview(payload)[:size], dest=peer, tag=TAG), deadline)
+        finish(comm.Irecv(ack, source=peer, tag=TAG), deadline)
+        rates.append((size, size * BURST_MESSAGES / (time.perf_counter() - start) / 1e6))
+        size = next_size(rates[-1][1], plan_by - time.monotonic(), len(payload), burst)
+    # The largest bursts only: a small one fits in the queues and buffers on the way (a
+    # throttled link's token bucket) and reads faster than the link.
+    return max(rates)[1] if sending else None
+
+
+def next_size(mbps: float, left_s: float, largest: int, burst: int) -> int:
+    """Bytes per message of the next burst: what fits in a third of the time left at the rate
+    seen (at most the full payload, at least the sizing burst's), or 0 to stop."""
+    if burst >= BURSTS:
+        return 0
+    fits = int(mbps * 1e6 * left_s / 3 / BURST_MESSAGES)
+    return min(largest, fits) if fits >= SIZING_BYTES else 0
 
 
 def both_ways_mbps(comm, peer: int, opening: bool, payload: bytearray, deadline: float
                    ) -> dict | None:
-    """Bandwidth opener -> other, then back (a link can be slow one way only); the opener gets
-    both figures, the other None."""
-    first = stream_mbps(comm, peer, opening, payload, deadline)
-    second = stream_mbps(comm, peer, not opening, payload, deadline)
+    """Bandwidth opener -> other, then back (a link can be slow one way only), each direction
+    planned into half of the time left; the opener gets both figures, the other None."""
+    half = time.monotonic() + (deadline - time.monotonic()) / 2
+    first = stream_mbps(comm, peer, opening, payload, deadline, half)
+    second = stream_mbps(comm, peer, not opening, payload, deadline, deadline)
     figure = array("d", [second or 0.0])
     exchange(comm, peer, figure, not opening, deadline)  # the other side's figure comes over
     return {"a_b": round(first, 1), "b_a": round(figure[0], 1)} if opening else None
