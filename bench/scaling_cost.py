@@ -40,6 +40,7 @@ from common import (
 )
 
 from preflight import scaling
+from preflight.launch.command import RING_ALLREDUCE
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -98,8 +99,10 @@ def worker(mode: str, steps: int) -> dict:
 def worker_argv(hosts: Sequence[str], mode: str, steps: int) -> list[str]:
     # One host crosses no network: horovodrun then looks for the interface of 127.0.0.1 and
     # refuses eth0.
-    network = ["--network-interfaces", IFACE,
-               f"--mpi-args=--mca oob_tcp_if_include {MPI_TRANSPORT[-1]}"] if len(hosts) > 1 else []
+    # make train's MPI settings: the ring allreduce (preflight.launch.command).
+    mpi = " ".join(RING_ALLREDUCE)
+    network = ["--network-interfaces", IFACE, f"--mpi-args=--mca oob_tcp_if_include "
+               f"{MPI_TRANSPORT[-1]} {mpi}"] if len(hosts) > 1 else []
     return [HOROVODRUN, "--disable-cache", "-np", str(len(hosts)), "-H", host_list(hosts),
             *network, PYTHON, str(Path(__file__).resolve()), "worker", "--mode", mode,
             "--steps", str(steps)]

@@ -5,10 +5,12 @@ time, throughput and scaling efficiency for 1..N hosts, and the knobs that recov
 The model (Horovod's ring allreduce, as in its docs and Patarasuk & Yuan): each of P ranks sends
 and receives 2(P-1)/P of the gradient bytes S in 2(P-1) steps, so one allreduce takes
 
-    t = 2(P-1)/P * S / B  +  2(P-1) * a  +  c
+    t = 2(P-1)/P * S / (e B)  +  2(P-1) * a  +  c
 
-with B the bandwidth of the slowest link in the ring (bytes/s, per direction), a its one-way
-latency, and c Horovod's own cost per fused allreduce (its negotiation cycle). Gradients are
+with B the bandwidth of the slowest link in the ring (bytes/s, per direction, as the preflight's
+MPI probe measures it one way at a time), e the share of it the ring gets (RING_EFFICIENCY), a
+its one-way latency, and c Horovod's own cost per fused allreduce (its negotiation cycle).
+make train runs Open MPI's ring allreduce (preflight.launch.command.RING_ALLREDUCE). Gradients are
 4 bytes per parameter, 2 with fp16 compression; with accumulation over k batches one allreduce
 serves k steps. The step time is compute + allreduce (no overlap assumed: on the slow links
 where the prediction matters, Horovod's fused allreduce runs mostly after the backward pass).
@@ -22,6 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 HOROVOD_CYCLE_S = 0.002  # measured here: ~2.2 ms per small Horovod allreduce (its cycle)
+# The share of the preflight's one-way MPI rate that the ring gets: its chunks go both ways on
+# every link at once, after an idle gap (TCP restarts slowly). Measured on links throttled to
+# 100 Mbit/s, Open MPI's ring: 0.73-0.83 on 2, 3, 4 hosts.
+RING_EFFICIENCY = 0.8
 COMM_DOMINATES = 0.5  # above this share of the step, the advice is printed
 
 
@@ -96,7 +102,8 @@ def allreduce_s(ranks: int, gradient_bytes: int, net: Ring) -> float:
     if ranks <= 1:
         return 0.0
     share = 2 * (ranks - 1) / ranks
-    transfer = share * gradient_bytes / net.bandwidth_Bps if net.bandwidth_Bps else 0.0
+    rate = (net.bandwidth_Bps or 0.0) * RING_EFFICIENCY
+    transfer = share * gradient_bytes / rate if rate else 0.0
     return transfer + 2 * (ranks - 1) * net.latency_s + HOROVOD_CYCLE_S
 
 

@@ -217,6 +217,7 @@ def test_static_command_line(venv: Path) -> None:
     cfg = config(venv, EPOCHS="3")
     assert command.horovodrun_argv(cfg, 2, "eth0", Path("hostfile")) == [
         str(venv / "bin" / "horovodrun"), "-np", "2", "--hostfile", "hostfile",
+        "--mpi-args=--mca coll_tuned_use_dynamic_rules 1 --mca coll_tuned_allreduce_algorithm 4",
         "--network-interfaces", "eth0", str(venv / "bin" / "python"),
         str(ROOT / "template" / "train.py"), "--epochs", "3",
         "--network-report", str(ROOT / "preflight.json")]
