@@ -2,7 +2,9 @@
 
 Checks each host's ssh login, names, interfaces, software, resources and clock from one probe
 per host, picks the interface every host reaches every other through, then tests TCP and the
-path MTU between the healthy hosts and runs an MPI allreduce over them.
+path MTU between the healthy hosts and runs an MPI allreduce over them. With --bandwidth it also
+measures MPI bandwidth per host pair and draws latency and bandwidth as two heatmaps beside the
+report (preflight.json -> preflight-network.png).
 
 Exit codes: 0 every host healthy; 1 some hosts are out (the hostfile lists the healthy ones;
 with none healthy no hostfile is written and an old one is removed); 2 bad input (nothing
@@ -22,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 
 from . import inventory as inv
-from . import pipeline, report, slurm
+from . import pictures, pipeline, report, slurm
 from .errors import Exit, UserError, render
 
 
@@ -44,7 +46,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="PATH", default="preflight.json", type=Path,
                    help="where to write the JSON report (default: ./preflight.json)")
     p.add_argument("--bandwidth", action="store_true",
-                   help="also measure the MPI bandwidth matrix (slower)")
+                   help="also measure the MPI bandwidth matrix (slower), and draw latency and "
+                        "bandwidth per host pair beside the report (preflight.json -> "
+                        "preflight-network.png; the slow pairs outlined; needs matplotlib)")
     p.add_argument("--no-mpi", action="store_true", help="skip the MPI allreduce test")
     p.add_argument("--deep", action="store_true",
                    help="also run one real Horovod allreduce through horovodrun on the hosts "
@@ -111,6 +115,18 @@ def load_inventory(args: argparse.Namespace, environ: Mapping[str, str]
     return slurm.passed_over(given, job) if job is not None else (given, None)
 
 
+def draw_picture(outcome: pipeline.Outcome, report_path: Path, say: report.Progress
+                 ) -> Path | None:
+    """--bandwidth: the matrices as a picture beside the report; None (with a line through
+    `say`) where it cannot be drawn, which never fails the preflight."""
+    rep = outcome.report
+    ranks = outcome.matrices.get("ranks") if isinstance(outcome.matrices, dict) else None
+    hosts = len(set(ranks)) if isinstance(ranks, list) else len(rep.healthy)
+    title = (f"preflight {rep.provenance.get('created', '')}: MPI between {hosts} host(s) on "
+             f"{rep.interface or '?'} ({rep.interface_cidr or '?'})")
+    return pictures.write_picture(outcome.matrices, report_path, say, title)
+
+
 def run(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     inventory, note = load_inventory(args, os.environ)
@@ -130,8 +146,9 @@ def run(argv: list[str] | None) -> int:
         outcome = pipeline.run(inventory, options, progress)
     outcome, written = report.write_outputs(outcome, args.hostfile, args.report,
                                             inventory.source, inventory.origin.as_dict())
+    picture = draw_picture(outcome, args.report, progress) if args.bandwidth else None
     report.render(outcome, written, out, quiet=args.quiet,
-                  show_interfaces="interfaces" in args.show)
+                  show_interfaces="interfaces" in args.show, picture=picture)
     if args.json:
         json.dump(report.document(outcome), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -18,6 +18,7 @@ from . import agents, checks
 from .active import deep
 from .active import mesh as mesh_runner
 from .active import mpi as mpi_runner
+from .agents import parse_event
 from .checks import mesh, mpi, mtu, resolve
 from .checks.context import Context
 from .choice import InterfaceChoice, choose_interface
@@ -25,15 +26,20 @@ from .errors import UserError
 from .facts import Facts, HostProbe, Interface
 from .inventory import Host, Inventory
 from .launch.command import network_interfaces
-from .remote import Ssh, fan_out, is_local
+from .proc import Ran
+from .remote import Session, Ssh, fan_out, is_local
 from .result import CheckResult, HostReport, Report, Status, failed, skipped
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = PROJECT_DIR / "template" / "train.py"
-# Runs the venv's Python where it exists, else python3, on the probe sent on stdin.
-REMOTE_SH = 'p="$1"; shift; [ -x "$p" ] || p=python3; exec "$p" - "$@"'
+# Runs the venv's Python where it exists, else python3, on the probe sent on stdin after a line
+# with its length: exactly that much is read, so stdin stays open for the session's next step.
+BOOTSTRAP = ("import sys; n = int(sys.stdin.buffer.readline()); "
+             "exec(compile(sys.stdin.buffer.read(n), 'host_probe', 'exec'))")
+REMOTE_SH = f'p="$1"; shift; [ -x "$p" ] || p=python3; exec "$p" -c "{BOOTSTRAP}" "$@"'
 Say = Callable[[str], None]
 DEEP_MIN_S = 90.0  # the deep check's budget at least: a TensorFlow import on every host
+PARKED = "parked"  # the probe's line after its facts (agents/host_probe.py, --stay)
 
 
 @dataclass(frozen=True)
@@ -63,19 +69,47 @@ def probe_argv(names: list[str], options: Options) -> list[str]:
     argv = ["sh", "-c", REMOTE_SH, "sh", options.python]
     for name in names:
         argv += ["--resolve", name]
-    argv += ["--project", options.project, "--script", options.script, "--python", options.python]
+    argv += ["--project", options.project, "--script", options.script, "--python", options.python,
+             "--stay"]
     return argv + (["--neighbours"] if options.neighbours else [])
 
 
 def probe_host(ssh: Ssh, host: str, argv: list[str], source: str, timeout_s: float
                ) -> HostProbe:
+    """The probe on host. Its session stays open once the facts are in (--stay), parked in
+    `ssh` for the mesh step to run its agent on: no second login on the host."""
     sent = time.time()
-    result = ssh.run(host, argv, stdin=source, timeout_s=timeout_s)
+    result, session = probe_session(ssh, host, argv, source, timeout_s)
     received = time.time()
+    if session is not None:
+        ssh.park(host, session)
     facts, error = None, None
     if result.ok:
         facts, error = parse_facts(result.stdout)
     return HostProbe(host, is_local(host), result, facts, error, sent, received)
+
+
+def probe_session(ssh: Ssh, host: str, argv: list[str], source: str, timeout_s: float
+                  ) -> tuple[Ran, Session | None]:
+    """What the probe printed up to its "parked" line, as a Ran (exit status 0: it is still
+    running), and its session; or, where it ended or was stopped first, how it ended."""
+    payload = source.encode()
+    try:
+        session = ssh.session(host, argv)
+    except OSError as exc:  # no ssh client, say: as proc.run reports a missing program
+        return Ran(tuple(argv), 127, "", str(exc), 0.0), None
+    session.send(f"{len(payload)}\n{source}", end="")
+    deadline, lines = session.started + timeout_s, []
+    while True:
+        try:
+            line = session.read_line(deadline)
+        except TimeoutError:
+            return session.stop("".join(lines)), None
+        if line is None:  # it ended before parking: its exit status and stderr say how
+            return session.finish("".join(lines)), None
+        if (parse_event(line) or {}).get("event") == PARKED:
+            return session.ran("".join(lines)), session
+        lines.append(line)
 
 
 def parse_facts(stdout: str) -> tuple[Facts | None, str | None]:
@@ -151,6 +185,8 @@ def active_tests(ssh: Ssh, choice: InterfaceChoice, slots: Mapping[str, int], op
                  results: dict[str, list[CheckResult]], say: Say) -> dict:
     names = list(results)
     ready = [n for n in healthy(names, results) if n in choice.names]
+    # The probes' sessions of the hosts left out end now; the mesh agents take the others'.
+    ssh.release(keep=ready if len(ready) > 1 else ())
     mesh_results = run_mesh_step(ssh, choice, ready, options, say)
     for name in names:
         results[name] += mesh_results.get(name) or [

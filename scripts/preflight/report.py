@@ -191,7 +191,9 @@ def interfaces_table(outcome: Outcome, unicode: bool = True) -> Table:
 
 
 def render(outcome: Outcome, hostfile_note: str, console: Console, quiet: bool = False,
-           show_interfaces: bool = False) -> None:
+           show_interfaces: bool = False, picture: Path | None = None) -> None:
+    """The table, the problems with their remedies, where the --bandwidth picture went, and
+    the summary line (alone with quiet)."""
     unicode = (console.encoding or "").lower().startswith("utf")
     if show_interfaces:
         console.print(interfaces_table(outcome, unicode))
@@ -205,6 +207,8 @@ def render(outcome: Outcome, hostfile_note: str, console: Console, quiet: bool =
         for c in outcome.candidates:
             console.print(f"neighbour (not in the inventory, not checked): {c['address']} "
                           f"seen from {', '.join(c['seen_from'])}")
+        if picture is not None:
+            console.print(f"network picture: {picture}", soft_wrap=True)
     style = "bold green" if outcome.report.ok else "bold red"
     console.print(Text(summary(outcome, hostfile_note), style=style))
 

@@ -1,4 +1,5 @@
-"""Runs the mesh agents (agents/mesh_agent.py): one per host through one ssh session per host.
+"""Runs the mesh agents (agents/mesh_agent.py): one per host, in the ssh session the host probe
+left open there (agents/host_probe.py --stay), else in a new one.
 
 The agents open listeners on ports above 1024 (where MPI and Gloo connect), learn each other's
 ports from here, then all probe all at once. What they saw goes to the verdicts of
@@ -7,19 +8,15 @@ checks/mesh.py (mesh.tcp) and checks/mtu.py (mtu.path).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import queue
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 
 from ..agents import parse_event, source
 from ..checks import mtu
 from ..checks.mesh import CHECK_ID, MeshHost, MeshOutcome, PeerProbe, parse_probes, tcp_results
-from ..remote import Ssh, fan_out
+from ..remote import Session, Ssh, fan_out
 from ..result import CheckResult, skipped
 
 AGENT_SOURCE = source("mesh_agent")
@@ -42,71 +39,57 @@ def run_mesh(ssh: Ssh, hosts: list[MeshHost], python_for: Callable[[str], str] |
 
 
 class Agent:
-    """One agent process and the JSON lines it has printed so far."""
+    """One agent and its session: the JSON events it prints, what it said on stderr."""
 
-    def __init__(self, host: MeshHost, proc: subprocess.Popen) -> None:
+    def __init__(self, host: MeshHost, session: Session) -> None:
         self.host = host
-        self.proc = proc
-        self.events: queue.Queue[dict] = queue.Queue()
-        self.stderr: list[str] = []
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-
-    def _read_stdout(self) -> None:
-        for line in self.proc.stdout:
-            event = parse_event(line)
-            if event is not None:
-                self.events.put(event)
-        self.events.put({"event": "exit"})
-
-    def _read_stderr(self) -> None:
-        for line in self.proc.stderr:
-            self.stderr.append(line.rstrip())
+        self.session = session
 
     def wait_event(self, kind: str, deadline: float) -> dict | None:
-        while (left := deadline - time.monotonic()) > 0:
+        """The next event of this kind; None when the agent ended or the deadline passed."""
+        while True:
             try:
-                event = self.events.get(timeout=left)
-            except queue.Empty:
+                line = self.session.read_line(deadline)
+            except TimeoutError:
                 return None
-            if event.get("event") == kind:
+            if line is None:
+                return None
+            event = parse_event(line)
+            if event is not None and event.get("event") == kind:
                 return event
-            if event.get("event") == "exit":
-                return None
-        return None
 
     def send(self, line: str) -> None:
-        try:
-            self.proc.stdin.write(line + "\n")
-            self.proc.stdin.flush()
-        except (OSError, ValueError):  # the agent is gone; its missing answer says so
-            pass
+        self.session.send(line)  # where the agent is gone, its missing answer says so
 
     def why_not(self, default: str) -> str:
-        lines = [line for line in self.stderr if line.strip()]
+        lines = [line.strip() for line in self.session.stderr if line.strip()]
         return lines[-1][:200] if lines else default
 
     def stop(self) -> None:
         self.send("done")
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.session.end()
 
 
-def agent_argv(host: MeshHost, python: str, max_s: float) -> list[str]:
-    return ["sh", "-c", LAUNCHER, "sh", python, "-c", AGENT_SOURCE,
-            "--label", host.name, "--address", host.address, "--interface", host.interface,
+def agent_args(host: MeshHost, max_s: float) -> list[str]:
+    return ["--label", host.name, "--address", host.address, "--interface", host.interface,
             "--mtu", str(host.mtu), "--max-s", str(int(max_s) + 30)]
 
 
+def agent_argv(host: MeshHost, python: str, max_s: float) -> list[str]:
+    return ["sh", "-c", LAUNCHER, "sh", python, "-c", AGENT_SOURCE, *agent_args(host, max_s)]
+
+
 def launch(ssh: Ssh, host: MeshHost, python: str, timeout_s: float) -> Agent | str:
-    """The agent on host, or why it could not even be started (no ssh client, say)."""
+    """The agent on host: in the session the host probe left parked there (no second login),
+    else in a new one; or why it could not even be started (no ssh client, say)."""
+    parked = ssh.take(host.target)
+    if parked is not None and parked.send(json.dumps(
+            {"run": "mesh_agent", "source": AGENT_SOURCE, "argv": agent_args(host, timeout_s)})):
+        return Agent(host, parked)
+    if parked is not None:
+        parked.end()
     try:
-        return Agent(host, ssh.popen(host.target, agent_argv(host, python, timeout_s)))
+        return Agent(host, ssh.session(host.target, agent_argv(host, python, timeout_s)))
     except OSError as exc:
         return str(exc)
 

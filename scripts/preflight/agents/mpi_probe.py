@@ -271,17 +271,43 @@ def slot_measure_s(bandwidth: bool) -> float:
     return BANDWIDTH_SLOT_S if bandwidth else LATENCY_SLOT_S
 
 
+def settle(request) -> None:
+    """Waits for a collective with no deadline (mpirun runs under checks/mpi.py's timeout),
+    napping between tests: a blocking collective spins on a core in every rank, and where many
+    ranks share few cores (16 simulated hosts on 2) each of its steps then waits for the
+    scheduler to run the rank it needs, which made the few collectives below take most of a
+    second."""
+    finish(request, float("inf"), spin_s=0.0)
+
+
+def reduced(comm, mpi, values: array, op) -> array:
+    """values allreduced with op across all ranks (MPI_Iallreduce on the buffer)."""
+    out = array(values.typecode, bytes(values.itemsize * len(values)))
+    settle(comm.Iallreduce(values, out, op=op))
+    return out
+
+
+def all_hostnames(comm) -> list[str]:
+    """Every rank's hostname, in rank order (MPI_Iallgather of fixed-width names)."""
+    width = 256
+    mine = bytearray(socket.gethostname().encode()[:width].ljust(width, b"\0"))
+    every = bytearray(width * comm.Get_size())
+    settle(comm.Iallgather(mine, every))
+    return [every[i:i + width].rstrip(b"\0").decode(errors="replace")
+            for i in range(0, len(every), width)]
+
+
 def check_allreduce(comm, mpi) -> dict:
     """Sums the ranks and a float array across all ranks and checks both on every rank."""
     size, rank = comm.Get_size(), comm.Get_rank()
-    total = comm.allreduce(rank, op=mpi.SUM)
+    total = reduced(comm, mpi, array("q", [rank]), mpi.SUM)[0]
     mine = array("d", (rank + 0.5 * i for i in range(ARRAY_LEN)))
-    summed = array("d", bytes(8 * ARRAY_LEN))
-    comm.Allreduce(mine, summed, op=mpi.SUM)
+    summed = reduced(comm, mpi, mine, mpi.SUM)
     # Every term is a multiple of 0.5 well below 2**52, so the sum is exact in any order.
     base = size * (size - 1) / 2
     array_ok = all(summed[i] == base + size * 0.5 * i for i in range(ARRAY_LEN))
-    ok = comm.allreduce(total == size * (size - 1) // 2 and array_ok, op=mpi.LAND)
+    mine_ok = total == size * (size - 1) // 2 and array_ok
+    ok = reduced(comm, mpi, array("i", [int(mine_ok)]), mpi.LAND)[0]
     return {"ok": bool(ok), "sum_of_ranks": total, "expected": size * (size - 1) // 2,
             "array_ok": bool(array_ok), "array_len": ARRAY_LEN}
 
@@ -301,10 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     emit({"event": "init", "rank": rank, "host": socket.gethostname()})
     measure_pairs(comm, args.size_mib, args.bandwidth, args.pair_wait_s)
     # Ranks done with their pairs wait here napping, not spinning in allgather's MPI wait, so
-    # that on shared cores they leave the CPU to the pairs still being timed. No deadline:
-    # mpirun runs under checks/mpi.py's timeout.
-    finish(comm.Ibarrier(), float("inf"), spin_s=0.0)
-    hosts = comm.allgather(socket.gethostname())
+    # that on shared cores they leave the CPU to the pairs still being timed.
+    settle(comm.Ibarrier())
+    hosts = all_hostnames(comm)
     allreduce = check_allreduce(comm, MPI)
     if rank == 0:
         emit({"event": "result", "size": comm.Get_size(), "hosts": hosts,
