@@ -21,9 +21,9 @@ BLACKLIST_COOLDOWN_S = (30, 300)
 SSH_ALIVE_COUNT = 3  # keepalives unanswered before ssh gives up on a host
 # Open MPI's ring allreduce for the job (static runs). Left to itself, Open MPI picks an
 # algorithm by message and world size; on 3 hosts it picked one that carried ~4x the gradient
-# bytes over each link: 0.92 s a step at 100 Mbit/s against 0.40 s with the ring (make bench,
-# scaling). The ring is bandwidth-optimal, Horovod's fused buffers are large, and it is the
-# algorithm preflight.scaling predicts.
+# bytes over each link: 0.92 s a step at 100 Mbit/s against 0.40 s with the ring (measured on
+# throttled simulated links). The ring is bandwidth-optimal, Horovod's fused buffers are large,
+# and it is the algorithm preflight.scaling predicts.
 RING_ALLREDUCE = ("--mca", "coll_tuned_use_dynamic_rules", "1",
                   "--mca", "coll_tuned_allreduce_algorithm", "4")
 
