@@ -14,14 +14,14 @@ here may fail the preflight, so every error becomes a line of text instead.
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .checks import mpi
+from .report import write_atomic
 
 Matrix = Mapping[str, Mapping[str, float]]
 Cell = tuple[str, str]  # (row host, column host)
@@ -214,16 +214,10 @@ def ink(rgba: tuple[float, ...]) -> str:
 
 
 def save(fig, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """The PNG written as the report is: a temporary file renamed over the path."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    write_atomic(path, png.getvalue())
     return path
 
 
