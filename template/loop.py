@@ -196,8 +196,12 @@ def forecast(cfg: Config, model: tf.keras.Model, data: Data, run: Path | None) -
         print(f"prediction: skipped ({exc})", flush=True)
         return {"compute_ms": compute * 1e3}
     hosts = [h["host"] for h in report.get("hosts", []) if h.get("ok")][:hvd.cross_size()]
+    if not hosts:
+        print(f"prediction: skipped ({cfg.network_report} has no healthy host)", flush=True)
+        return {"compute_ms": compute * 1e3}
     matrices = report.get("matrices") or {}
-    work = scaling.Workload(compute, model.count_params(), cfg.batch_size, hvd.local_size(),
+    gradients = sum(int(tf.size(v)) for v in model.trainable_variables)  # what is allreduced
+    work = scaling.Workload(compute, gradients, cfg.batch_size, hvd.local_size(),
                             cfg.fp16_allreduce, cfg.accumulate)
     net = scaling.ring(hosts, matrices)
     tips = scaling.advice(net, work, matrices)
