@@ -26,10 +26,11 @@ from preflight.checks.mpi import (
     MpiHost,
     ProbeOutput,
     explain_exit,
-    launch_failure,
+    group_failure,
     map_results,
     measurements,
     parse_output,
+    what_happened,
 )
 from preflight.proc import Ran
 from preflight.result import Status
@@ -192,54 +193,25 @@ def test_bandwidth_is_kept_per_direction_for_every_pair():
     assert results["h1"][2].status is Status.PASS
 
 
-def hung(done: list[dict], attempts: list[tuple[int, int]], started=(0, 1, 2),
-         stuck: list[tuple[int, int]] = (), cut: list[tuple[int, int]] = ()) -> dict:
-    out = ProbeOutput(started=frozenset(started), attempts=frozenset(attempts),
-                      stuck=frozenset(stuck), cut=frozenset(cut), pairs=tuple(done))
+def test_what_happened_says_how_far_a_hung_run_got():
     run = a_run(returncode=-15, stopped="timeout", seconds=17.2, limit_s=15)
-    return launch_failure(HOSTS, LAYOUT, run, out, "eth0", CIDR)
+    assert what_happened(run, ProbeOutput(), 3) == "hung for 15 s before any rank started"
+    assert what_happened(run, ProbeOutput(started=frozenset({0, 2})), 3) == (
+        "hung for 15 s with 2 of 3 ranks started")
+    out = ProbeOutput(started=frozenset(range(3)), attempts=frozenset({(0, 1), (1, 0)}))
+    assert what_happened(run, out, 3) == "hung for 15 s with 1 pair(s) never connected"
+    stopped = a_run(returncode=-15, stopped="hopeless", seconds=6.4)
+    assert what_happened(stopped) == "was stopped after 6 s, as it could only hang"
+    assert what_happened(a_run(returncode=1, stderr="boom\n")) == "mpirun exited with 1: boom"
 
 
-def test_a_firewall_on_h2_hangs_its_pair_and_only_h2_fails():
-    # Rounds for three ranks: h2-h3 (h2 opens), h1-h3 (h3 opens), h1-h2 (h1 opens: blocked).
-    results = hung([pair(1, 2, 45.0), pair(2, 0, 50.0)],
-                   [(1, 2), (2, 1), (0, 2), (2, 0), (0, 1), (1, 0)])
-    assert {h: cs[0].status for h, cs in results.items()} == {
-        "h1": Status.WARN, "h2": Status.FAIL, "h3": Status.WARN}
-    assert results["h2"][0].detail == ("mpirun hung for 15s: MPI's TCP connections to h2 from "
-                                       "h1 never completed")
-    assert "firewall" in results["h2"][0].remedy and "eth0" in results["h2"][0].remedy
-    assert "MPI from h1 to h3 works" in results["h1"][0].detail
-
-
-def test_pairs_only_waiting_behind_a_blocked_one_are_not_blamed():
-    # h3 drops incoming: h2 -> h3 blocks in round one, so h3 never turns to h1 in round two.
-    results = hung([], [(1, 2), (2, 1), (0, 2)])
-    assert results["h3"][0].status is Status.FAIL
-    assert "to h3 from h2" in results["h3"][0].detail
-    # h1 and h2 never got to each other: nothing shows that they work together.
-    assert "held up before it could reach h2" in results["h1"][0].detail
-    assert "held up before it could reach h1" in results["h2"][0].detail
-    assert "MPI's TCP connections" not in results["h1"][0].detail
-
-
-def test_a_pair_given_up_as_stuck_is_blamed_and_the_others_still_count():
-    # h3 drops incoming: h2 -> h3 is given up by both, h3 -> h1 and h1 -> h2 go on and work.
-    results = hung([pair(2, 0, 50.0), pair(0, 1, 40.0)],
-                   [(1, 2), (2, 1), (0, 2), (2, 0), (0, 1), (1, 0)], stuck=[(1, 2), (2, 1)],
-                   cut=[(1, 2)])
-    assert {h: cs[0].status for h, cs in results.items()} == {
-        "h1": Status.WARN, "h2": Status.WARN, "h3": Status.FAIL}
-    assert "MPI's TCP connections to h3 from h2 never completed" in results["h3"][0].detail
-    assert "MPI from h2 to h1 works" in results["h2"][0].detail
-
-
-def test_only_pairs_whose_first_message_never_went_are_blamed_when_known():
-    # h1 gave up waiting for h3 (h3 was late), but only h2 -> h3 never got through.
-    results = hung([pair(0, 1, 40.0)], [(1, 2), (2, 1), (0, 2), (0, 1), (1, 0)],
-                   stuck=[(1, 2), (2, 1), (0, 2)], cut=[(1, 2)])
-    assert results["h3"][0].detail.endswith("MPI's TCP connections to h3 from h2 never "
-                                            "completed")
+def test_a_group_failure_no_host_explains_is_the_same_verdict_for_all_with_a_remedy():
+    run = a_run(returncode=-15, stopped="timeout", seconds=17.2, limit_s=15)
+    results = group_failure(HOSTS, LAYOUT, run, "eth0", CIDR)
+    assert {h: cs[0].status for h, cs in results.items()} == {h: Status.FAIL for h in LAYOUT}
+    assert results["h1"][0].detail == ("mpirun over h1, h2, h3 hung for 15 s before any rank "
+                                       "started, and no host could be shown at fault on its own")
+    assert "1024-65535" in results["h1"][0].remedy
 
 
 def test_the_run_is_hopeless_once_every_rank_left_its_pairs_and_one_was_stuck():
@@ -258,25 +230,6 @@ def test_the_pair_wait_shares_the_timeout_between_rounds_within_bounds():
     assert pair_wait_s(15, 3) == 2.5  # 0.7 * 15 s over 3 rounds, less 1 s of each slot
     assert pair_wait_s(60, 3) == 5.0
     assert pair_wait_s(15, 32) == 1.5
-
-
-def test_a_hang_with_no_pair_to_blame_fails_everyone():
-    results = hung([], [])
-    assert {h: cs[0].status for h, cs in results.items()} == {h: Status.FAIL for h in LAYOUT}
-    assert results["h1"][0].detail.startswith("mpirun hung for 15s")
-
-
-def test_a_hang_where_a_host_never_started_says_which():
-    results = hung([], [], started=(0, 2))
-    assert "no rank ever started on h2" in results["h2"][0].detail
-    assert "waiting for h2 to start" in results["h1"][0].detail
-
-
-def test_a_hang_before_any_rank_started_points_at_this_machine():
-    results = hung([], [], started=())
-    assert {h: cs[0].status for h, cs in results.items()} == {h: Status.FAIL for h in LAYOUT}
-    assert "before any rank started" in results["h2"][0].detail
-    assert "on this machine" in results["h2"][0].remedy
 
 
 def test_probe_lines_are_sorted_by_kind_and_chatter_is_dropped():
@@ -309,72 +262,149 @@ This usually is caused by:
 """
 
 
-def stand_in_mpirun(monkeypatch, bad: set[str]) -> list[list[str]]:
-    """active.mpi.launch replaced: a group with a bad host exits like mpirun does when a daemon
-    cannot start; any other group gets a good result. Returns the groups tried, in order."""
+HUNG = {"returncode": -15, "stopped": "timeout", "seconds": 10.0, "limit_s": 10.0}
+
+
+def stand_in_mpirun(monkeypatch, fails) -> list[list[str]]:
+    """active.mpi.launch replaced: fails(names, tries of this group so far) says how a group
+    fails ("exit": as mpirun does when a daemon cannot start, "hang": at its time limit), or
+    None for a good result. Returns the groups tried, in order."""
     from preflight.active import mpi as active_mpi
 
     tried: list[list[str]] = []
 
-    def launch(hosts, cidr, python, bandwidth, ssh_args, deadline):
+    def launch(hosts, cidr, python, bandwidth, ssh_args, limit_s, start_s=None):
         names = [h.name for h in hosts]
+        how = fails(names, tried.count(names))
         tried.append(names)
-        if bad & set(names):
+        if how == "exit":
             return active_mpi.Attempt(tuple(hosts), tuple(names),
                                       a_run(returncode=1, stderr=ORTE_FAILURE), ProbeOutput())
+        if how == "hang":
+            return active_mpi.Attempt(tuple(hosts), tuple(names), a_run(**HUNG), ProbeOutput())
         n = len(names)
         pairs = [pair(a, b, 40.0) for a, b in itertools.combinations(range(n), 2)]
         good = output(pairs, n=n)
         good = ProbeOutput(started=good.started, attempts=good.attempts, left=good.left,
                            pairs=good.pairs, result={**good.result, "hosts": names})
-        return active_mpi.Attempt(tuple(hosts), tuple(names), a_run(), good)
+        return active_mpi.Attempt(tuple(hosts), tuple(names), a_run(), good, bandwidth)
 
     monkeypatch.setattr(active_mpi, "launch", launch)
     monkeypatch.setattr(active_mpi, "missing_tools", lambda python: None)
     return tried
 
 
+def with_any(bad: set[str], how: str = "exit"):
+    return lambda names, _tries: how if bad & set(names) else None
+
+
+EIGHT = [MpiHost(f"h{i}", f"10.231.0.{10 + i}", 1) for i in range(1, 9)]
+
+
+def statuses(results) -> dict[str, Status]:
+    return {name: checks[0].status for name, checks in results.items()}
+
+
 def test_a_host_whose_daemon_cannot_start_fails_alone_and_the_rest_pass(monkeypatch):
-    hosts = [MpiHost(f"h{i}", f"10.231.0.{10 + i}", 1) for i in range(1, 9)]
-    tried = stand_in_mpirun(monkeypatch, bad={"h6"})
-    results, measured = run_mpi(hosts, "eth0", CIDR, sys.executable, timeout_s=60)
+    tried = stand_in_mpirun(monkeypatch, with_any({"h6"}))
+    results, measured = run_mpi(EIGHT, "eth0", CIDR, sys.executable, timeout_s=60)
     assert results["h6"][0].status is Status.FAIL
-    assert results["h6"][0].detail == ("mpirun could not start its daemon on h6: ORTE was "
-                                       "unable to reliably start one or more daemons")
+    assert results["h6"][0].detail == (
+        "h6 failed alone with the launcher; the other 7 passed alone: mpirun exited with 1: "
+        "ORTE was unable to reliably start one or more daemons")
     assert "ssh h6 orted --help" in results["h6"][0].remedy
-    for name in (h.name for h in hosts if h.name != "h6"):
+    for name in (h.name for h in EIGHT if h.name != "h6"):
         assert results[name][0].status is Status.PASS, results[name]
         assert results[name][0].detail.endswith("checked without h6, which failed")
-    assert tried[0] == [f"h{i}" for i in range(1, 9)] and tried[-1] == [
-        "h1", "h2", "h3", "h4", "h5", "h7", "h8"]
-    assert len(tried) <= 1 + 2 * 3 + 1  # the group, two halves per level, the rerun
+    # The group, each host alone, the rest together.
+    assert tried[0] == [h.name for h in EIGHT] and len(tried) == 1 + 8 + 1
+    assert tried[-1] == ["h1", "h2", "h3", "h4", "h5", "h7", "h8"]
     assert "h6" not in measured["ranks"]
 
 
+def test_a_daemon_that_starts_and_hangs_is_confirmed_alone_then_condemned(monkeypatch):
+    tried = stand_in_mpirun(monkeypatch, with_any({"h3"}, "hang"))
+    results, _ = run_mpi(EIGHT, "eth0", CIDR, sys.executable, timeout_s=60)
+    assert statuses(results) == {h.name: Status.FAIL if h.name == "h3" else Status.PASS
+                                 for h in EIGHT}
+    assert tried.count(["h3"]) == 2  # tried again alone before the verdict stands
+    assert results["h3"][0].detail.startswith("h3 failed alone with the launcher twice")
+    assert "hung for 10 s" in results["h3"][0].detail
+    assert "orted" in results["h3"][0].remedy and "TMPDIR" in results["h3"][0].remedy
+
+
+def test_a_host_that_times_out_only_in_the_crowd_warns_with_its_time(monkeypatch):
+    def fails(names, tries):
+        if names in ([h.name for h in EIGHT], ["h2"]) and tries == 0:
+            return "hang"
+        return None
+
+    stand_in_mpirun(monkeypatch, fails)
+    results, _ = run_mpi(EIGHT, "eth0", CIDR, sys.executable, timeout_s=60)
+    assert statuses(results) == {h.name: Status.WARN if h.name == "h2" else Status.PASS
+                                 for h in EIGHT}
+    assert "passed only when tried again alone" in results["h2"][0].detail
+    assert "1.5 s" in results["h2"][0].detail
+
+
+def test_when_every_host_fails_alone_the_launcher_is_blamed(monkeypatch):
+    stand_in_mpirun(monkeypatch, lambda names, tries: "hang")
+    results, _ = run_mpi(EIGHT[:4], "eth0", CIDR, sys.executable, timeout_s=60)
+    assert set(statuses(results).values()) == {Status.FAIL}
+    assert results["h1"][0].detail.startswith("mpirun failed with each of the 4 hosts alone, "
+                                              "so the fault is on this machine")
+
+
+def test_a_host_others_cannot_reach_is_found_by_halving(monkeypatch):
+    # h4 passes alone but fails with any other host: a firewall for incoming connections.
+    tried = stand_in_mpirun(monkeypatch, lambda names, _: "hang" if "h4" in names
+                            and len(names) > 1 else None)
+    results, _ = run_mpi(EIGHT, "eth0", CIDR, sys.executable, timeout_s=60)
+    assert statuses(results) == {h.name: Status.FAIL if h.name == "h4" else Status.PASS
+                                 for h in EIGHT}
+    assert "passed alone but failed together with" in results["h4"][0].detail
+    assert len(tried) <= 1 + 8 + 1 + 2 * 3 + 2 + 1
+
+
+def test_a_bad_link_between_two_hosts_condemns_one_end_and_keeps_the_other(monkeypatch):
+    stand_in_mpirun(monkeypatch, lambda names, _: "hang" if {"h2", "h7"} <= set(names)
+                    else None)
+    results, _ = run_mpi(EIGHT, "eth0", CIDR, sys.executable, timeout_s=60)
+    failing = {n for n, s in statuses(results).items() if s is Status.FAIL}
+    assert len(failing) == 1 and failing <= {"h2", "h7"}, statuses(results)
+
+
 def test_two_bad_hosts_are_both_found(monkeypatch):
-    hosts = [MpiHost(f"h{i}", f"10.231.0.{10 + i}", 1) for i in range(1, 6)]
-    stand_in_mpirun(monkeypatch, bad={"h1", "h5"})
-    results, _ = run_mpi(hosts, "eth0", CIDR, sys.executable, timeout_s=60)
+    stand_in_mpirun(monkeypatch, with_any({"h1", "h5"}))
+    results, _ = run_mpi(EIGHT[:5], "eth0", CIDR, sys.executable, timeout_s=60)
     assert {n for n, c in results.items() if c[0].status is Status.FAIL} == {"h1", "h5"}
 
 
-def test_a_group_that_fails_while_every_host_passes_alone_fails_as_before(monkeypatch):
-    """Nobody to blame on their own: the group's own verdict stands for every host."""
-    from preflight.active import mpi as active_mpi
-
-    stand_in_mpirun(monkeypatch, bad=set())
-    good_launch = active_mpi.launch
-
-    def launch(hosts, *args):
-        if len(hosts) == 3:
-            return active_mpi.Attempt(tuple(hosts), tuple(h.name for h in hosts),
-                                      a_run(returncode=1, stderr="boom\n"), ProbeOutput())
-        return good_launch(hosts, *args)
-
-    monkeypatch.setattr(active_mpi, "launch", launch)
+def test_a_group_that_fails_in_every_company_fails_everyone(monkeypatch):
+    """No host explains it: every group of two or more fails, whoever is in it."""
+    stand_in_mpirun(monkeypatch, lambda names, _: "exit" if len(names) > 1 else None)
     results, _ = run_mpi(HOSTS, "eth0", CIDR, sys.executable, timeout_s=60)
     assert all(c[0].status is Status.FAIL for c in results.values())
-    assert results["h1"][0].detail == "mpirun over h1, h2, h3 exited with 1: boom"
+
+
+def test_bandwidth_rounds_that_outlast_the_budget_warn_instead_of_failing(monkeypatch):
+    from preflight.active import mpi as active_mpi
+
+    stand_in_mpirun(monkeypatch, lambda names, _: None)
+    good_launch = active_mpi.launch
+
+    def launch(hosts, cidr, python, bandwidth, *args):
+        if bandwidth:
+            return active_mpi.Attempt(tuple(hosts), tuple(h.name for h in hosts),
+                                      a_run(**HUNG), ProbeOutput())
+        return good_launch(hosts, cidr, python, bandwidth, *args)
+
+    monkeypatch.setattr(active_mpi, "launch", launch)
+    results, _ = run_mpi(HOSTS, "eth0", CIDR, sys.executable, bandwidth=True, timeout_s=60)
+    assert [(c.id, c.status) for c in results["h1"]] == [
+        ("mpi.allreduce", Status.PASS), ("mpi.latency", Status.PASS),
+        ("mpi.bandwidth", Status.WARN)]
+    assert "not measured" in results["h1"][2].detail
 
 
 def test_the_headline_of_mpiruns_help_text_is_its_first_sentence():

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .. import proc
@@ -27,15 +27,18 @@ from ..checks.mpi import (
     MpiHost,
     ProbeOutput,
     empty_measurements,
-    explain_exit,
-    hang_culprits,
-    launch_failure,
+    group_failure,
+    launcher_failure,
     map_results,
     measurements,
     parse_output,
+    remedy_for,
+    slow_result,
+    unmeasured_bandwidth,
+    what_happened,
 )
 from ..result import CheckResult, failed
-from .isolate import halve
+from .isolate import Budget, isolate
 
 PROBE_SOURCE = source("mpi_probe")
 PAIR_SHARE = 0.7  # of the timeout, for the pair rounds; the rest is for launch and allreduce
@@ -43,6 +46,8 @@ BTL_PORT_MIN = 1025
 
 
 MIN_RUN_S = 4.0  # time left below which no further mpirun is started
+ALONE_S = 10.0  # one host alone: an ssh session, a daemon and one Python rank
+CONFIRM_FACTOR = 2.0  # a host that timed out alone is tried again with this much more time
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class Attempt:
     layout: tuple[str, ...]
     run: proc.Ran
     output: ProbeOutput
+    measured: bool = False  # with the bandwidth rounds
 
     @property
     def ok(self) -> bool:
@@ -60,51 +66,84 @@ class Attempt:
 
 
 def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
-            bandwidth: bool = False, timeout_s: float = 60, ssh_args: Sequence[str] = ()
-            ) -> tuple[dict[str, list[CheckResult]], dict]:
+            bandwidth: bool = False, timeout_s: float = 60, ssh_args: Sequence[str] = (),
+            alone_s: float = ALONE_S) -> tuple[dict[str, list[CheckResult]], dict]:
     """Per-host mpi.* results and the measurements ({"latency_us": {a: {b: us}}, ...}).
     ssh_args: more options for mpirun's ssh (the preflight's shared connections).
 
-    One mpirun over every host. When it fails as a group, the hosts behind it are found (the
-    pairs that never connected; the hosts where no rank started; failing that, halving the set
-    until single hosts fail on their own) and the others run again without them, within
-    timeout_s: only the culprits fail."""
+    One mpirun over every host, within timeout_s. When it fails or hangs, whatever the cause,
+    isolation (active/isolate.py) finds the hosts behind it with runs of one host, confirmed,
+    then halving, within timeout_s more; alone_s bounds one run of one host."""
     if not hosts:
         return {}, empty_measurements()
     problem = missing_tools(python)
     if problem is not None:
         detail, remedy = problem
         return {h.name: [failed(ALLREDUCE, detail, remedy)] for h in hosts}, empty_measurements()
-    deadline = time.monotonic() + timeout_s
 
-    def attempt(group: Sequence[MpiHost], measure_bandwidth: bool = bandwidth) -> Attempt:
-        return launch(group, cidr, python, measure_bandwidth, ssh_args, deadline)
+    def attempt(group: Sequence[MpiHost], limit_s: float, measure: bool = False,
+                start_s: float | None = None) -> Attempt:
+        return launch(group, cidr, python, measure, ssh_args, limit_s, start_s)
 
-    first = attempt(hosts)
+    first = attempt(hosts, timeout_s, bandwidth, start_limit_s(timeout_s, len(hosts)))
     if first.ok:
         return judged(first, interface, bandwidth)
-    culprits = blamed(first, interface, cidr, attempt, deadline)
+    budget = Budget(time.monotonic() + timeout_s, MIN_RUN_S, alone_s, CONFIRM_FACTOR * alone_s)
+    found = isolate(hosts, attempt, budget, key=lambda h: h.name)
+    if found.launcher is not None:
+        return {h.name: [launcher_failure(h.name, found.launcher.run, len(hosts), cidr)]
+                for h in hosts}, empty_measurements()
+    culprits = {name: failed(ALLREDUCE, f"{name} {v.how}: {observed(v.attempt)}",
+                             remedy_for(name, v.attempt.run, cidr))
+                for name, v in found.culprits.items()}
     rest = [h for h in hosts if h.name not in culprits]
-    if not culprits or not rest or deadline - time.monotonic() < MIN_RUN_S:
-        return launch_failure(hosts, list(first.layout), first.run, first.output, interface,
-                              cidr), measurements(first.output, list(first.layout))
-    results, measured = run_mpi(rest, interface, cidr, python, bandwidth,
-                                deadline - time.monotonic(), ssh_args)
-    note = f"; checked without {', '.join(sorted(culprits))}, which failed"
+    final = found.final
+    if final is not None and final.ok and bandwidth and budget.allows():
+        measured = attempt(rest, budget.left(), True)  # the rounds isolation left out
+        final = measured if measured.ok else final
+    if final is None or not final.ok:
+        shown = final or first
+        results = group_failure(rest, list(shown.layout), shown.run, interface, cidr)
+        return {**results, **{n: [c] for n, c in culprits.items()}}, \
+            measurements(shown.output, list(shown.layout))
+    results, measured = judged(final, interface, bandwidth and final.measured)
+    note = narrowed_note(sorted(culprits), found.slow)
     results = {name: [with_note(c, note) for c in checks] for name, checks in results.items()}
-    return {**{h.name: [culprits[h.name]] for h in hosts if h.name in culprits}, **results}, \
-        measured
+    for name, seconds in found.slow.items():
+        results[name][0] = slow_result(name, seconds, first.run)
+    if bandwidth and not final.measured:
+        for name in results:
+            results[name].append(unmeasured_bandwidth(first.run))
+    return {**results, **{n: [c] for n, c in culprits.items()}}, measured
+
+
+def observed(attempt: Attempt) -> str:
+    return what_happened(attempt.run, attempt.output, len(attempt.layout))
+
+
+def start_limit_s(timeout_s: float, hosts: int) -> float:
+    """How long a group run may take for every rank to start before it is stopped as hung: a
+    third of its time, and a tenth of a second more per host (each is an ssh session and a
+    daemon that mpirun starts from here)."""
+    return timeout_s / 3 + 0.1 * hosts
+
+
+def narrowed_note(culprits: list[str], slow: Mapping[str, float]) -> str:
+    note = f"; checked without {', '.join(culprits)}, which failed" if culprits else ""
+    if slow and not culprits:
+        note = "; passed when run again"
+    return note
 
 
 def launch(hosts: Sequence[MpiHost], cidr: str, python: str, bandwidth: bool,
-           ssh_args: Sequence[str], deadline: float) -> Attempt:
+           ssh_args: Sequence[str], limit_s: float, start_s: float | None = None) -> Attempt:
     hosts = list(hosts)
     layout = rank_layout(hosts)
-    left = max(1.0, deadline - time.monotonic())
+    limit_s = max(1.0, limit_s)
     argv = mpirun_argv(hosts, layout, cidr, python, bandwidth, ssh_args=ssh_args,
-                       pair_wait_s=pair_wait_s(left, len(layout), bandwidth))
-    run = proc.run(argv, left, hopeless=will_hang(len(layout)))
-    return Attempt(tuple(hosts), tuple(layout), run, parse_output(run.stdout))
+                       pair_wait_s=pair_wait_s(limit_s, len(layout), bandwidth))
+    run = proc.run(argv, limit_s, hopeless=will_hang(len(layout), start_s))
+    return Attempt(tuple(hosts), tuple(layout), run, parse_output(run.stdout), bandwidth)
 
 
 def judged(attempt: Attempt, interface: str, bandwidth: bool
@@ -114,24 +153,6 @@ def judged(attempt: Attempt, interface: str, bandwidth: bool
         **measurements(output, layout), "ranks": layout,
         "allreduce": output.result.get("allreduce", {}), "library": output.result.get("library"),
         "message_mib": output.result.get("message_mib"), "seconds": round(run.seconds, 2)}
-
-
-def blamed(first: Attempt, interface: str, cidr: str, attempt: Callable[..., Attempt],
-           deadline: float) -> dict[str, CheckResult]:
-    """The hosts at fault for a failed group run, each with its own result. A hang names them
-    by the pairs that never connected or the ranks that never started; an mpirun that exited
-    names nobody, so halving finds the hosts that fail on their own."""
-    hosts, layout = list(first.hosts), list(first.layout)
-    if first.run.timed_out:
-        verdicts = launch_failure(hosts, layout, first.run, first.output, interface, cidr)
-        culprits = hang_culprits(hosts, layout, first.output)
-        return {name: verdicts[name][0] for name in culprits}
-    if len(hosts) < 2:
-        return {}
-    # Without the bandwidth rounds: this is about starting.
-    alone = halve(hosts, lambda part: attempt(part, False), deadline, MIN_RUN_S,
-                  key=lambda h: h.name)
-    return {name: failed(ALLREDUCE, *explain_exit(a.run, [name])) for name, a in alone.items()}
 
 
 def with_note(check: CheckResult, note: str) -> CheckResult:
@@ -210,11 +231,17 @@ def pair_wait_s(timeout_s: float, ranks: int, bandwidth: bool = False) -> float:
     return round(min(5.0, max(1.5, share)), 1)
 
 
-def will_hang(ranks: int) -> Callable[[str], bool]:
-    """True once every rank has left all its pairs and one was stuck: the collectives that
-    follow need every connection, so they can only hang."""
+def will_hang(ranks: int, start_s: float | None = None) -> Callable[[str], bool]:
+    """True once every rank has left all its pairs and one was stuck (the collectives that
+    follow need every connection, so they can only hang), or, given start_s, when that long
+    after the first look not every rank has started."""
+    since = time.monotonic()
+
     def check(stdout: str) -> bool:
         output = parse_output(stdout)
+        if start_s is not None and time.monotonic() - since > start_s \
+                and len(output.started) < ranks:
+            return True
         left = Counter(rank for rank, _ in output.left)
         return bool(output.stuck) and all(left[r] >= ranks - 1 for r in range(ranks))
     return check

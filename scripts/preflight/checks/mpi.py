@@ -6,12 +6,13 @@ here is what Horovod meets. The probe times every pair of hosts, then runs a che
 this module turns its output (or its absence) into results per host.
 
 The classic failure is not an error but a hang: a firewall drops MPI's connections to ports
-above 1024 and the allreduce waits forever. The pairs that never connected name the host.
+above 1024 and the allreduce waits forever; or a daemon starts and never reports back. Whatever
+the cause, the hosts behind it are found by runs of fewer hosts, not by reading the output.
 
 Ids:
 - `mpi.allreduce`: mpirun starts a rank on every host and an allreduce returns the right sum;
-  when it hangs, the host behind the pairs that never connected fails, the others that reached
-  every good host warn.
+  when the group fails or hangs, isolation (active/isolate.py) names the hosts behind it and
+  the others pass without them; a host that passes only when tried again alone warns.
 - `mpi.latency`: half the round trip of 8 bytes per host pair; a pair far above the others
   warns.
 - `mpi.bandwidth`: with --bandwidth, MB/s per direction of each pair; far below the others warns.
@@ -25,7 +26,6 @@ from __future__ import annotations
 import itertools
 import re
 import statistics
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -96,52 +96,70 @@ def parse_output(stdout: str) -> ProbeOutput:
 
 
 # --- when no result came back -------------------------------------------------------------------
+# Who is at fault is found by isolation (active/isolate.py), never read from the output; these
+# say what was observed, for the detail, and what to look at, for the remedy.
 
-def launch_failure(hosts: list[MpiHost], layout: list[str], run: Ran,
-                   output: ProbeOutput, interface: str, cidr: str
-                   ) -> dict[str, list[CheckResult]]:
+def what_happened(run: Ran, output: ProbeOutput | None = None, ranks: int = 0) -> str:
+    """What a run without a result did, as a phrase: "hung for 10 s before any rank started"."""
     if not run.timed_out:
-        detail, remedy = explain_exit(run, [h.name for h in hosts])
-        return {h.name: [failed(ALLREDUCE, detail, remedy)] for h in hosts}
-    hung = (f"MPI hung (mpirun stopped after {run.seconds:.0f}s)" if run.gave_up
-            else f"mpirun hung for {run.limit_s or run.seconds:.0f}s")
-    absent = absent_hosts(hosts, layout, output)
-    if len(absent) == len(hosts):
-        return {h.name: [failed(ALLREDUCE, f"{hung} before any rank started: the MPI daemons "
-                                           "could not report back to mpirun on this machine",
-                                f"open TCP ports 1024-65535 on this machine for the hosts on "
-                                f"{interface} (mpirun listens there), and check that {cidr} "
-                                f"reaches this machine from every host")] for h in hosts}
-    if absent:
-        return {h.name: [not_started(h.name, absent, hung, cidr)] for h in hosts}
-    blocked = blocked_pairs(output, len(layout))
-    culprits = hang_culprits(hosts, layout, output)
-    results = {}
-    for host in hosts:
-        if host.name in culprits or not culprits:
-            check = blocked_result(host.name, blocked, layout, hung, interface, cidr)
-        else:
-            check = bystander_result(host.name, sorted(culprits), output, layout, hung)
-        results[host.name] = [check]
-    return results
+        return f"mpirun exited with {run.returncode}: {headline(run.stderr + run.stdout)}"
+    seconds = run.limit_s or run.seconds
+    what = (f"was stopped after {run.seconds:.0f} s, as it could only hang" if run.gave_up
+            else f"hung for {seconds:.0f} s")
+    if output is None or not ranks:
+        return what
+    if not output.started:
+        return f"{what} before any rank started"
+    if len(output.started) < ranks:
+        return f"{what} with {len(output.started)} of {ranks} ranks started"
+    blocked = blocked_pairs(output, ranks)
+    return f"{what} with {len(blocked)} pair(s) never connected" if blocked else what
 
 
-def absent_hosts(hosts: list[MpiHost], layout: list[str], output: ProbeOutput) -> list[str]:
-    """The hosts where no rank ever started."""
-    return [h.name for h in hosts if h.name not in {layout[r] for r in output.started}]
+def remedy_for(name: str, run: Ran, cidr: str) -> str:
+    """What to look at on a host found at fault by isolation."""
+    if not run.timed_out:
+        return explain_exit(run, [name])[1]
+    return (f"check what Open MPI needs on {name}: its daemon (ssh {name} orted --version), a "
+            f"writable session directory ($TMPDIR or /tmp), the venv's Python, and that {name} "
+            f"reaches this machine and the other hosts on {cidr} over TCP ports above 1024; "
+            f"or leave {name} out")
 
 
-def hang_culprits(hosts: list[MpiHost], layout: list[str], output: ProbeOutput) -> set[str]:
-    """The hosts a hang is put on: where no rank started, else the odd host out of the pairs
-    that never connected (a tie goes to the host that others could not reach)."""
-    absent = absent_hosts(hosts, layout, output)
-    if absent:
-        return set(absent)
-    blocked = blocked_pairs(output, len(layout))
-    inbound = Counter(layout[b] for _, b in blocked)
-    outbound = Counter(layout[a] for a, _ in blocked)
-    return blame((frozenset((layout[a], layout[b])) for a, b in blocked),
-                 {h.name: inbound[h.name] - outbound[h.name] for h in hosts})
+def launcher_failure(name: str, run: Ran, hosts: int, cidr: str) -> CheckResult:
+    """Every host failed alone with the launcher: the fault is the launcher's."""
+    return failed(ALLREDUCE, f"mpirun failed with each of the {hosts} hosts alone, so the fault "
+                             f"is on this machine, which launches them: {what_happened(run)}",
+                  f"check Open MPI on this machine (mpirun --version) and that the hosts reach "
+                  f"it on {cidr} over TCP ports above 1024 (their daemons report back there); "
+                  f"run by hand: {shown_command(run.argv)}")
+
+
+def group_failure(hosts: list[MpiHost], layout: list[str], run: Ran, interface: str,
+                  cidr: str) -> dict[str, list[CheckResult]]:
+    """A group that failed while no host could be shown at fault (each passes alone, halving
+    found none, or the time ran out): the same verdict on every host."""
+    names = ", ".join(h.name for h in hosts)
+    output = parse_output(run.stdout)
+    detail = (f"mpirun over {names} {what_happened(run, output, len(layout))}, and no host "
+              f"could be shown at fault on its own")
+    remedy = (f"open TCP ports 1024-65535 between the hosts on {interface} and check that "
+              f"{cidr} is the network every host shares; run by hand: {shown_command(run.argv)}")
+    return {h.name: [failed(ALLREDUCE, detail, remedy)] for h in hosts}
+
+
+def slow_result(name: str, seconds: float, group: Ran) -> CheckResult:
+    """A host that passed only when tried again alone: slow, not faulty."""
+    return warned(ALLREDUCE, f"{name} passed only when tried again alone, after the group run "
+                             f"({what_happened(group)}), in {seconds:.1f} s",
+                  f"check {name}'s load and its ssh login time (time ssh {name} true); the job "
+                  f"starts as slowly")
+
+
+def unmeasured_bandwidth(group: Ran) -> CheckResult:
+    return warned(BANDWIDTH, f"not measured: the run with the bandwidth rounds "
+                             f"{what_happened(group)}, while the hosts pass without them",
+                  "run the preflight again with a longer --timeout to measure bandwidth")
 
 
 def blocked_pairs(output: ProbeOutput, n: int) -> list[tuple[int, int]]:
@@ -156,45 +174,6 @@ def blocked_pairs(output: ProbeOutput, n: int) -> list[tuple[int, int]]:
             if (a, b) in output.stuck or (b, a) in output.stuck
             or ((a, b) in output.attempts and (b, a) in output.attempts
                 and frozenset((a, b)) not in done)]
-
-
-def not_started(name: str, absent: list[str], hung: str, cidr: str) -> CheckResult:
-    if name in absent:
-        return failed(ALLREDUCE, f"{hung}: no rank ever started on {name}",
-                      f"check that mpirun can start there: ssh {name} which orted, and that "
-                      f"{cidr} reaches {name}")
-    return failed(ALLREDUCE, f"{hung} waiting for {', '.join(absent)} to start",
-                  f"fix {', '.join(absent)} (see there) or leave it out, then run again")
-
-
-def blocked_result(name: str, blocked: list[tuple[int, int]], layout: list[str], hung: str,
-                   interface: str, cidr: str) -> CheckResult:
-    to_me = sorted({layout[a] for a, b in blocked if layout[b] == name})
-    from_me = sorted({layout[b] for a, b in blocked if layout[a] == name})
-    parts = ([f"to {name} from {', '.join(to_me)}"] if to_me else []) + (
-        [f"from {name} to {', '.join(from_me)}"] if from_me else [])
-    what = (f"MPI's TCP connections {' and '.join(parts)} never completed" if parts
-            else "the MPI traffic never finished")
-    return failed(ALLREDUCE, f"{hung}: {what}",
-                  f"open TCP ports 1024-65535 between the hosts on {interface}: a firewall that "
-                  f"drops them makes MPI hang (mesh.tcp names the host); and check that {cidr} "
-                  f"is the network every host shares")
-
-
-def bystander_result(name: str, culprits: list[str], output: ProbeOutput, layout: list[str],
-                     hung: str) -> CheckResult:
-    """A host that was only held up: a warning when it reached every other good host."""
-    others = sorted({h for h in layout if h != name and h not in culprits})
-    reached = sorted({layout[p["b"] if layout[p["a"]] == name else p["a"]]
-                      for p in output.pairs if name in (layout[p["a"]], layout[p["b"]])})
-    blamed = ", ".join(culprits)
-    if all(h in reached for h in others):
-        works = f"; MPI from {name} to {', '.join(others)} works" if others else ""
-        return warned(ALLREDUCE, f"{hung} on {blamed}{works}",
-                      f"leave {blamed} out or fix it (see its mpi.allreduce)")
-    return failed(ALLREDUCE, f"{hung} on {blamed}; {name} was held up before it could reach "
-                             f"{', '.join(h for h in others if h not in reached)}",
-                  f"fix {blamed} or leave it out, then run the preflight again")
 
 
 # What a failed rank or ssh says that matters more than mpirun's framing around it.
@@ -393,11 +372,13 @@ def horovod_passed(hosts: Sequence[str], run: Ran, note: str = "") -> CheckResul
                            f"host(s) ({', '.join(hosts)}) checked in {run.seconds:.1f}s{note}")
 
 
-def horovod_failed(hosts: Sequence[str], run: Ran) -> CheckResult:
+def horovod_failed(hosts: Sequence[str], run: Ran, how: str = "") -> CheckResult:
+    """how: how isolation narrowed it ("h2 failed alone with the launcher"), if it did."""
     where = f"on {hosts[0]}" if len(hosts) == 1 else f"over {', '.join(hosts)}"
     state = (f"hung for {run.seconds:.0f}s" if run.timed_out
              else f"exited with {run.returncode}")
-    return failed(HOROVOD, f"horovodrun {where} {state}: {headline(run.stderr + run.stdout)}",
+    shown = f"{how}: horovodrun {state}" if how else f"horovodrun {where} {state}"
+    return failed(HOROVOD, f"{shown}: {headline(run.stderr + run.stdout)}",
                   f"rebuild Horovod against this TensorFlow where it fails: make setup FORCE=1"
                   f"{' on ' + hosts[0] if len(hosts) == 1 else ''}; then try by hand: "
                   f"python -c 'import horovod.tensorflow as h; h.init()'")
