@@ -19,7 +19,7 @@ from .active import deep
 from .active import mesh as mesh_runner
 from .active import mpi as mpi_runner
 from .agents import parse_event
-from .checks import mesh, mpi, mtu, resolve
+from .checks import loss, mesh, mpi, mtu, resolve
 from .checks.context import Context
 from .choice import InterfaceChoice, choose_interface
 from .errors import UserError
@@ -40,6 +40,7 @@ REMOTE_SH = f'p="$1"; shift; [ -x "$p" ] || p=python3; exec "$p" -c "{BOOTSTRAP}
 Say = Callable[[str], None]
 DEEP_MIN_S = 90.0  # the deep check's budget at least: a TensorFlow import on every host
 PARKED = "parked"  # the probe's line after its facts (agents/host_probe.py, --stay)
+MESH_IDS = (mesh.CHECK_ID, mtu.CHECK_ID, loss.CHECK_ID)  # what the mesh step gives each host
 
 
 @dataclass(frozen=True)
@@ -190,8 +191,7 @@ def active_tests(ssh: Ssh, choice: InterfaceChoice, slots: Mapping[str, int], op
     mesh_results = run_mesh_step(ssh, choice, ready, options, say)
     for name in names:
         results[name] += mesh_results.get(name) or [
-            skipped(mesh.CHECK_ID, "not run: failed earlier checks"),
-            skipped(mtu.CHECK_ID, "not run: failed earlier checks")]
+            skipped(check_id, "not run: failed earlier checks") for check_id in MESH_IDS]
     ready = [n for n in healthy(names, results) if n in choice.names]
     mpi_results, matrices = run_mpi_step(choice, ready, slots, options, say, ssh.reuse_args())
     for name in names:
@@ -227,7 +227,7 @@ def run_mesh_step(ssh: Ssh, choice: InterfaceChoice, ready: list[str], options: 
                   say: Say) -> dict[str, list[CheckResult]]:
     if len(ready) < 2:
         why = "one host: nothing to test between hosts" if ready else "no healthy host"
-        return {n: [skipped(mesh.CHECK_ID, why), skipped(mtu.CHECK_ID, why)] for n in ready}
+        return {n: [skipped(check_id, why) for check_id in MESH_IDS] for n in ready}
     say(f"mesh and MTU test between {len(ready)} hosts on {choice.interface}")
     hosts = [mesh.MeshHost(n, choice.addresses[n], choice.names[n], choice.mtus[n])
              for n in ready]
@@ -252,7 +252,7 @@ def run_mpi_step(choice: InterfaceChoice, ready: list[str], slots: Mapping[str, 
         found, matrices = mpi_runner.run_mpi(hosts, choice.interface or "", choice.cidr or "",
                                       options.python, bandwidth=options.bandwidth,
                                       timeout_s=max(30.0, 3 * options.timeout_s),
-                                      ssh_args=ssh_args)
+                                      ssh_args=ssh_args, alone_s=options.timeout_s)
     except Exception as exc:
         return crashed(ready, mpi.ALLREDUCE, exc), {}
     return {n: list(found.get(n) or [skipped(mpi.ALLREDUCE, "no result")])

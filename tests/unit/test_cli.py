@@ -155,7 +155,8 @@ def replay(monkeypatch, edit=None, mesh_fails: tuple[str, ...] = ()) -> dict:
                          if h.name in mesh_fails else passed("mesh.tcp", "ok"),
                          passed("mtu.path", "1500")] for h in hosts}
 
-    def run_mpi(hosts, interface, cidr, python, bandwidth=False, timeout_s=60, ssh_args=()):
+    def run_mpi(hosts, interface, cidr, python, bandwidth=False, timeout_s=60, ssh_args=(),
+                alone_s=10.0):
         calls["mpi"] = (hosts, interface, cidr)
         return {h.name: [passed("mpi.allreduce", "ok")] for h in hosts}, {"latency_us": []}
 

@@ -1,4 +1,4 @@
-"""mesh.tcp and mtu.path: who gets the blame for failing pairs, and real agents on loopback."""
+"""mesh.tcp, mtu.path and loss.path: who is blamed for failing pairs; real agents on loopback."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from preflight.active.mesh import run_mesh
 from preflight.agents import parse_event
 from preflight.checks.blame import blame
+from preflight.checks.loss import loss_results
 from preflight.checks.mesh import MeshHost, MeshOutcome, PeerProbe, parse_probes, tcp_results
 from preflight.checks.mtu import mtu_results, pair_mtus, usual_mtu
 from preflight.remote import Ssh
@@ -24,10 +25,10 @@ def pair(a: str, b: str) -> frozenset[str]:
 
 
 def probe(src: str, dst: str, tcp: str = "ok", path_mtu: int | None = 1500,
-          mtu_ok: bool = True) -> PeerProbe:
+          mtu_ok: bool = True, **more) -> PeerProbe:
     return PeerProbe(src=src, dst=dst, tcp=tcp, port=41234, rtt_ms=0.1 if tcp == "ok" else None,
-                 mtu_ok=mtu_ok, path_mtu=path_mtu,
-                 mtu_error="" if mtu_ok else "no echo at MTU 1500")
+                     mtu_ok=mtu_ok, path_mtu=path_mtu,
+                     mtu_error="" if mtu_ok else "no echo at MTU 1500", **more)
 
 
 def all_pairs(hosts=HOSTS, **overrides) -> list[PeerProbe]:
@@ -141,8 +142,9 @@ def test_mtu_1400_on_h3_fails_only_h3_and_names_the_path_and_the_fix():
     mtus = {"h1": 1500, "h2": 1500, "h3": 1400}
     results = mtu_results(HOSTS, mtus, all_pairs(probes=mtu_broken("h3", 1400)), {})
     assert statuses(results) == {"h1": Status.PASS, "h2": Status.PASS, "h3": Status.FAIL}
-    assert "path MTU h1↔h3 is 1400, h2↔h3 is 1400" in results["h3"].detail
-    assert "eth0 MTU is 1400 on h3 (1500 on h1, 1500 on h2)" in results["h3"].detail
+    assert results["h3"].detail == ("packets larger than 1400 bytes never cross between h3 and "
+                                    "h1, h2, every time; eth0 MTU is 1400 on h3 and 1500 on "
+                                    "the others")
     assert results["h3"].remedy == "set the same MTU on every host: ip link set eth0 mtu 1500 on h3"
 
 
@@ -175,6 +177,86 @@ def test_the_smallest_size_seen_either_way_is_the_path_mtu():
     probes = [probe("h1", "h2", path_mtu=1450, mtu_ok=False),
               probe("h2", "h1", path_mtu=1400, mtu_ok=False)]
     assert pair_mtus(probes) == {pair("h1", "h2"): 1400}
+
+
+def limited(src: str, dst: str, state: str, full=(0, 10), limit=(10, 10)) -> PeerProbe:
+    return probe(src, dst, path_mtu=1400, mtu_ok=state == "ok", mtu_state=state,
+                 mtu_counts={"full": full, "limit": limit})
+
+
+def test_a_limit_that_repeats_fails_and_says_what_was_counted():
+    probes = {(a, "h3"): limited(a, "h3", "limit") for a in ("h1", "h2")}
+    results = mtu_results(HOSTS, {"h1": 1500, "h2": 1500, "h3": 1400},
+                          all_pairs(probes=probes), {})
+    assert statuses(results) == {"h1": Status.PASS, "h2": Status.PASS, "h3": Status.FAIL}
+    assert "(20 of 20 full-size datagrams lost, 20 of 20 at the smaller size back)" in \
+        results["h3"].detail
+
+
+def test_full_size_packets_that_cross_now_and_then_are_loss_not_an_mtu_limit():
+    # The agent saw 3 of 10 full-size datagrams cross after five were lost: state "ok".
+    probes = {("h1", "h3"): limited("h1", "h3", "ok", full=(3, 10))}
+    results = mtu_results(HOSTS, {h.name: 1500 for h in HOSTS}, all_pairs(probes=probes), {})
+    assert set(statuses(results).values()) == {Status.PASS}
+
+
+def test_too_few_echoes_to_tell_loss_from_a_limit_warns_and_never_advises_the_mtu():
+    probes = {("h1", "h3"): limited("h1", "h3", "unclear", limit=(1, 10))}
+    results = mtu_results(HOSTS, {h.name: 1500 for h in HOSTS}, all_pairs(probes=probes), {})
+    assert statuses(results) == {"h1": Status.WARN, "h2": Status.PASS, "h3": Status.WARN}
+    warned = results["h3"]
+    assert "ip link set" not in warned.remedy and "ping -M do" in warned.remedy
+
+
+def test_a_host_losing_packets_at_random_is_not_judged_on_its_mtu():
+    probes = {(a, "h3"): limited(a, "h3", "limit") for a in ("h1", "h2")}
+    results = mtu_results(HOSTS, {h.name: 1500 for h in HOSTS}, all_pairs(probes=probes), {},
+                          lossy={"h3"})
+    assert statuses(results) == {"h1": Status.PASS, "h2": Status.PASS, "h3": Status.SKIP}
+    assert "loss.path" in results["h3"].detail
+
+
+# --- loss.path ----------------------------------------------------------------------------------
+
+FOUR = [MeshHost(f"h{i}", f"10.0.0.{i}", "eth0", 1500) for i in range(1, 5)]
+
+
+def burst(src: str, dst: str, lost: int, sent: int = 100) -> PeerProbe:
+    return probe(src, dst, loss_sent=sent, loss_echoed=sent - lost)
+
+
+def bursts(lost: dict[frozenset, int], hosts=FOUR, sent: int = 100) -> list[PeerProbe]:
+    """Every directed burst of `sent`, losing lost[pair] each way."""
+    return [burst(a.name, b.name, lost.get(frozenset((a.name, b.name)), 0), sent)
+            for a in hosts for b in hosts if a is not b]
+
+
+def test_a_host_that_loses_ten_percent_fails_alone_with_its_rate_and_a_cable_remedy():
+    lossy = {frozenset(("h3", h)): 10 for h in ("h1", "h2", "h4")}
+    results = loss_results(FOUR, bursts(lossy), {})
+    assert statuses(results) == {"h1": Status.PASS, "h2": Status.PASS, "h3": Status.FAIL,
+                                 "h4": Status.PASS}
+    assert results["h3"].detail.startswith("60 of 600 (10.0%) small UDP round trips between h3")
+    assert "against 0 of 600 (0.0%) among the other hosts" in results["h3"].detail
+    assert "cable" in results["h3"].remedy and "mtu" not in results["h3"].remedy
+    assert results["h1"].detail.endswith("h3 fails this check")
+
+
+def test_loss_between_the_two_thresholds_warns():
+    lossy = {frozenset(("h2", h)): 1 for h in ("h1", "h3", "h4")}
+    results = loss_results(FOUR, bursts(lossy, FOUR, sent=400), {})
+    assert statuses(results)["h2"] is Status.WARN  # 6 of 2,400: 0.25%
+
+
+def test_one_bad_link_condemns_one_end_and_keeps_the_other():
+    results = loss_results(FOUR, bursts({frozenset(("h1", "h4")): 20}), {})
+    failing = {n for n, r in results.items() if r.status is Status.FAIL}
+    assert len(failing) == 1 and failing <= {"h1", "h4"}
+
+
+def test_a_lost_probe_or_two_on_a_busy_machine_is_no_verdict():
+    results = loss_results(FOUR, bursts({frozenset(("h1", "h2")): 1}), {})
+    assert set(statuses(results).values()) == {Status.PASS}
 
 
 def test_the_usual_mtu_is_the_most_common_one():
@@ -224,8 +306,9 @@ def ssh():
 def test_two_local_agents_reach_each_other_and_pass_both_checks(ssh):
     results = run_mesh(ssh, LOCAL, python_for=lambda _host: sys.executable, timeout_s=10)
     assert {name: [r.status for r in checks] for name, checks in results.items()} == {
-        "a": [Status.PASS, Status.PASS], "b": [Status.PASS, Status.PASS]}
-    assert [r.id for r in results["a"]] == ["mesh.tcp", "mtu.path"]
+        "a": [Status.PASS] * 3, "b": [Status.PASS] * 3}
+    assert [r.id for r in results["a"]] == ["mesh.tcp", "mtu.path", "loss.path"]
+    assert results["a"][2].detail.startswith("0 of 400 (0.0%) small UDP round trips lost")
     assert "reaches 1 peer, median round trip" in results["a"][0].detail
     assert "65536-byte packets with don't-fragment cross to b" in results["a"][1].detail
 
@@ -246,4 +329,5 @@ def test_one_host_is_no_mesh(ssh):
     results = run_mesh(ssh, LOCAL[:1])
     assert [(r.id, r.status, r.detail) for r in results["a"]] == [
         ("mesh.tcp", Status.SKIP, "one host: no mesh"),
-        ("mtu.path", Status.SKIP, "one host: no mesh")]
+        ("mtu.path", Status.SKIP, "one host: no mesh"),
+        ("loss.path", Status.SKIP, "one host: no mesh")]

@@ -111,7 +111,8 @@ def replay(monkeypatch) -> dict:
     def run_mesh(ssh, hosts, python_for=None, timeout_s=10):
         return {h.name: [passed("mesh.tcp", "ok"), passed("mtu.path", "1500")] for h in hosts}
 
-    def run_mpi(hosts, interface, cidr, python, bandwidth=False, timeout_s=60, ssh_args=()):
+    def run_mpi(hosts, interface, cidr, python, bandwidth=False, timeout_s=60, ssh_args=(),
+                alone_s=10.0):
         asked["bandwidth"] = bandwidth
         matrices = recorded()
         if not bandwidth:

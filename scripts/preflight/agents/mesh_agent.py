@@ -4,9 +4,10 @@ Standard library only: it is sent as `python -c <this file>` over ssh, so nothin
 installed on the host. It talks to the runner (active/mesh.py) in JSON lines:
 
     agent -> {"event": "ready", "label", "tcp_port", "udp_port", "mtu"}
-    orch  -> {"peers": [{"label", "address", "tcp_port", "udp_port", "mtu"}], "budget_s"}
+    orch  -> {"peers": [{"label", "address", "tcp_port", "udp_port", "mtu"}], "budget_s",
+              "loss_probes"}
     agent -> {"event": "result", "label", "mtu", "peers": [{"peer", "tcp", "port", "rtt_ms",
-              "mtu_ok", "path_mtu", "mtu_error"}]}
+              "mtu_ok", "path_mtu", "mtu_error", "mtu_state", "loss_sent", "loss_echoed"}]}
     orch  -> "done" (or closes stdin): the agent stops serving and exits.
 
 Both listeners take port 0, so the kernel hands out an ephemeral port above 1024, the range MPI's
@@ -38,6 +39,16 @@ CONNECT_S = 2.5  # per connect attempt; there are two when the first times out
 UDP_TRIES = 5  # a lossy link loses some datagrams: only five losses in a row mean "too big"
 UDP_WAIT_S = 0.25
 SEARCH_STEPS = 8
+# An MTU limit is declared only when it repeats: CONFIRM_TRIES more datagrams at the full size
+# all lost (with the first UDP_TRIES, 15 in a row: under 1e-7 at 30% random loss) while at
+# least LIMIT_PASSES of CONFIRM_TRIES at the size found come back.
+CONFIRM_TRIES = 10
+LIMIT_PASSES = 4
+BURST_GAP_S = 0.01  # between the datagrams of a confirmation burst
+STRAGGLER_S = 0.3  # how long echoes are awaited after a burst's last datagram
+LOSS_SIZE = 64  # bytes of a loss probe: small, so loss and not the MTU is what it sees
+LOSS_GAP_S = 0.002  # between loss probes: 500 a second, far below what any link carries
+ECHO_BUFFER = 4 << 20  # the echo's receive queue (the kernel caps it at net.core.rmem_max)
 
 
 def emit(event: dict) -> None:
@@ -190,31 +201,104 @@ def largest_passing(sock: socket.socket, low: int, high: int, deadline: float) -
     return low
 
 
+def echo_count(sock: socket.socket, size: int, tries: int, deadline: float,
+               gap_s: float = BURST_GAP_S) -> tuple[int, int]:
+    """(echoed, sent): a burst of `tries` datagrams of `size` bytes (an MTU: headers included),
+    each with its own token, then a short wait for the echoes."""
+    payload_size = max(HEADERS + 8, min(size, MAX_PAYLOAD + HEADERS)) - HEADERS
+    tokens, seen, sent = set(), set(), 0
+    for _ in range(tries):
+        if time.monotonic() + STRAGGLER_S > deadline:
+            break
+        token = os.urandom(8)
+        try:
+            sock.send(token + b"\0" * (payload_size - len(token)))
+        except OSError:
+            break
+        tokens.add(token)
+        sent += 1
+        drain(sock, tokens, seen, time.monotonic() + gap_s)
+    drain(sock, tokens, seen, min(deadline, time.monotonic() + STRAGGLER_S), all_of=tokens)
+    return len(seen), sent
+
+
+def drain(sock: socket.socket, tokens: set, seen: set, until: float,
+          all_of: set | None = None) -> None:
+    """Collects echoed tokens until `until`, or until every token of all_of came back."""
+    while time.monotonic() < until and not (all_of is not None and seen >= all_of):
+        sock.settimeout(max(0.0005, until - time.monotonic()))
+        try:
+            data = sock.recv(65535)
+        except (socket.timeout, OSError):
+            return
+        if data[:8] in tokens:
+            seen.add(data[:8])
+
+
 def mtu_probe(source: str, own_mtu: int, peer: dict, deadline: float) -> dict:
-    """Sends a datagram as large as this host's MTU, DF set; on failure finds what does pass."""
+    """Sends a datagram as large as this host's MTU, DF set; on failure finds what does pass,
+    and calls it a limit only when it repeats (see CONFIRM_TRIES): random loss also loses
+    full-size datagrams, but not all of them while smaller ones come back."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((source, 0))
         dont_fragment(sock)
         sock.connect((peer["address"], peer["udp_port"]))
         outcome = udp_echo(sock, own_mtu, deadline)
         if outcome == "ok":
-            return {"mtu_ok": True, "path_mtu": own_mtu, "mtu_error": ""}
+            return mtu_answer("ok", own_mtu)
         error = f"{outcome} at MTU {own_mtu}"
+        found = None
         # The likely answers first (what the kernel learned, the peer's MTU), then a search.
         for guess in (kernel_path_mtu(sock), peer.get("mtu")):
             if guess and MIN_MTU <= guess < own_mtu and udp_echo(sock, guess, deadline) == "ok":
-                return {"mtu_ok": False, "path_mtu": guess, "mtu_error": error}
-        found = largest_passing(sock, MIN_MTU, own_mtu, deadline)
-        return {"mtu_ok": False, "path_mtu": found, "mtu_error": error}
+                found = guess
+                break
+        if found is None:
+            found = largest_passing(sock, MIN_MTU, own_mtu, deadline)
+        if found is None:
+            return mtu_answer("silent", None, error)
+        full = echo_count(sock, own_mtu, CONFIRM_TRIES, deadline)
+        limit = echo_count(sock, found, CONFIRM_TRIES, deadline)
+        counts = {"full": full, "limit": limit}
+        if full[0] > 0:  # full-size datagrams do cross: what was lost was lost at random
+            return mtu_answer("ok", own_mtu, f"{error}, then {full[0]} of {full[1]} crossed",
+                              counts)
+        if full[1] < CONFIRM_TRIES or limit[1] < CONFIRM_TRIES:
+            return mtu_answer("unfinished", found, error, counts)
+        if limit[0] >= LIMIT_PASSES:
+            return mtu_answer("limit", found, error, counts)
+        return mtu_answer("unclear", found, error, counts)
 
 
-def probe_peer(source: str, own_mtu: int, peer: dict, deadline: float) -> dict:
-    """TCP and MTU towards one peer, side by side: each may need the whole time budget (a
-    dropped SYN, a silently dropped datagram)."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
+def mtu_answer(state: str, path_mtu: int | None, error: str = "",
+               counts: dict | None = None) -> dict:
+    """state: ok, limit (repeatable), silent (no echo at any size), unclear (too few echoes to
+    tell loss from a limit) or unfinished (out of time)."""
+    return {"mtu_ok": state == "ok", "path_mtu": path_mtu, "mtu_error": error,
+            "mtu_state": state, "mtu_counts": counts or {}}
+
+
+def loss_probe(source: str, peer: dict, count: int, deadline: float) -> dict:
+    """A burst of small datagrams to the peer's echo, paced: how many came back."""
+    if count <= 0:
+        return {"loss_sent": 0, "loss_echoed": 0}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        sock.connect((peer["address"], peer["udp_port"]))
+        echoed, sent = echo_count(sock, LOSS_SIZE, count, deadline, LOSS_GAP_S)
+    return {"loss_sent": sent, "loss_echoed": echoed}
+
+
+def probe_peer(source: str, own_mtu: int, peer: dict, deadline: float, loss_probes: int
+               ) -> dict:
+    """TCP, MTU and loss towards one peer, side by side: each may need the whole time budget
+    (a dropped SYN, a silently dropped datagram)."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
         tcp = pool.submit(tcp_probe, source, peer, deadline)
         mtu = pool.submit(mtu_probe, source, own_mtu, peer, deadline)
-        return {"peer": peer["label"], "port": peer["tcp_port"], **tcp.result(), **mtu.result()}
+        loss = pool.submit(loss_probe, source, peer, loss_probes, deadline)
+        return {"peer": peer["label"], "port": peer["tcp_port"], **tcp.result(), **mtu.result(),
+                **loss.result()}
 
 
 def listen(address: str, kind: int) -> socket.socket:
@@ -224,6 +308,9 @@ def listen(address: str, kind: int) -> socket.socket:
         sock.listen(128)
     else:
         dont_fragment(sock)
+        # Every peer's loss burst arrives here at once: a queue that overflows while this
+        # thread waits for a core would read as loss on the network.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ECHO_BUFFER)
     return sock
 
 
@@ -256,9 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     command = read_command()
     if command is not None:
         deadline = time.monotonic() + float(command.get("budget_s", 5))
-        peers = command.get("peers", [])
+        peers, loss_probes = command.get("peers", []), int(command.get("loss_probes", 0))
         with ThreadPoolExecutor(max_workers=max(1, min(32, len(peers)))) as pool:
-            results = list(pool.map(lambda p: probe_peer(args.address, mtu, p, deadline), peers))
+            results = list(pool.map(
+                lambda p: probe_peer(args.address, mtu, p, deadline, loss_probes), peers))
         emit({"event": "result", "label": args.label, "mtu": mtu, "peers": results})
         read_command()  # keep serving the other agents' probes until told to stop
     return 0

@@ -5,7 +5,7 @@ each documented in its docstring and in the README), STAGE and one entry point:
 - "host" families judge one host from the probes and facts: `check(host, ctx) -> [CheckResult]`
   (ctx: checks.context.Context); the pipeline calls them in FAMILIES order.
 - "active" families judge what the runners in preflight/active/ saw between hosts (mesh.tcp,
-  mtu.path, mpi.*); their runners call them.
+  mtu.path, loss.path, mpi.*); their runners call them.
 This registry is the one list of families and ids: the pipeline, the report's columns and the
 documentation test read it. blame.py (who is to blame for failing pairs) is shared, not a family.
 """
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import clock, interface, mesh, mpi, mtu, resolve, resources, software, ssh
+from . import clock, interface, loss, mesh, mpi, mtu, resolve, resources, software, ssh
 
 # In the report's column order.
-FAMILIES: tuple[ModuleType, ...] = (ssh, resolve, interface, mesh, mtu, software, resources,
-                                    clock, mpi)
+FAMILIES: tuple[ModuleType, ...] = (ssh, resolve, interface, mesh, mtu, loss, software,
+                                    resources, clock, mpi)
 HOST_FAMILIES = tuple(f for f in FAMILIES if f.STAGE == "host")
 
 

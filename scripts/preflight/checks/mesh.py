@@ -16,7 +16,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..result import CheckResult, failed, passed
 from .blame import blame
@@ -56,6 +56,17 @@ class PeerProbe:
     mtu_ok: bool
     path_mtu: int | None
     mtu_error: str = ""
+    mtu_state: str = ""  # ok, limit, silent, unclear, unfinished (agents/mesh_agent.py)
+    mtu_counts: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # (echoed, sent)
+    loss_sent: int = 0
+    loss_echoed: int = 0
+
+    @property
+    def state(self) -> str:
+        """The MTU outcome; from older agents, as mtu_ok and path_mtu imply it."""
+        if self.mtu_state:
+            return self.mtu_state
+        return "ok" if self.mtu_ok else ("silent" if self.path_mtu is None else "limit")
 
     @property
     def tcp_ok(self) -> bool:
@@ -76,7 +87,10 @@ def parse_probes(result: dict) -> list[PeerProbe]:
     src = result["label"]
     return [PeerProbe(src=src, dst=p["peer"], tcp=p.get("tcp", "no result"), port=p.get("port", 0),
                   rtt_ms=p.get("rtt_ms"), mtu_ok=bool(p.get("mtu_ok")),
-                  path_mtu=p.get("path_mtu"), mtu_error=p.get("mtu_error", ""))
+                  path_mtu=p.get("path_mtu"), mtu_error=p.get("mtu_error", ""),
+                  mtu_state=p.get("mtu_state", ""),
+                  mtu_counts={k: tuple(v) for k, v in (p.get("mtu_counts") or {}).items()},
+                  loss_sent=int(p.get("loss_sent", 0)), loss_echoed=int(p.get("loss_echoed", 0)))
             for p in result.get("peers", [])]
 
 

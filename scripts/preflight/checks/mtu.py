@@ -6,7 +6,9 @@ training starts and then stalls on the first large tensor; this check names that
 
 Ids:
 - `mtu.path`: a don't-fragment UDP echo at the interface MTU crosses from the host to every
-  other and back; the host whose MTU is the odd one out fails, no echo at all warns.
+  other and back; a limit counts only when it repeats (every full-size datagram lost, smaller
+  ones back); the host whose MTU is the odd one out fails; no echo at all, or too few echoes to
+  tell a limit from loss, warns; a host that loses packets at random (loss.path) is not judged.
 """
 
 from __future__ import annotations
@@ -25,48 +27,73 @@ STAGE = "active"
 
 
 def mtu_results(hosts: Iterable[MeshHost], mtus: Mapping[str, int], probes: Iterable[PeerProbe],
-                not_started: Mapping[str, str]) -> dict[str, CheckResult]:
-    """One mtu.path result per host from the agents' DF probes; mtus are the interfaces' MTUs."""
-    hosts = list(hosts)
+                not_started: Mapping[str, str], lossy: Iterable[str] = ()
+                ) -> dict[str, CheckResult]:
+    """One mtu.path result per host from the agents' DF probes; mtus are the interfaces' MTUs.
+    lossy: hosts that loss.path found losing packets at random; their paths are not judged here,
+    as random loss also loses full-size packets."""
+    hosts, lossy = list(hosts), set(lossy)
     mtus = {h.name: mtus.get(h.name, h.mtu) for h in hosts}
-    pairs = pair_mtus(p for p in probes
-                      if p.src not in not_started and p.dst not in not_started)
-    broken = {pair: mtu for pair, mtu in pairs.items() if mtu is not None and mtu != "unknown"}
-    unknown = [pair for pair, mtu in pairs.items() if mtu == "unknown"]
+    pairs = pair_states(p for p in probes
+                        if p.src not in not_started and p.dst not in not_started)
+    broken = {pair: mtu for pair, (state, mtu) in pairs.items()
+              if state == "limit" and not pair & lossy}
     usual = usual_mtu(mtus.values())
     culprits = blame(broken, {h: (mtus[h] != usual, -mtus[h]) for h in mtus})
-    silent = blame(p for p in unknown if not p & culprits)
+    silent = blame(p for p, (state, _) in pairs.items() if state == "silent"
+                   and not p & (culprits | lossy))
+    unsure = blame(p for p, (state, _) in pairs.items() if state in UNSURE
+                   and not p & (culprits | lossy | silent))
     results: dict[str, CheckResult] = {}
     for host in hosts:
         if host.name in not_started:
             results[host.name] = skipped(CHECK_ID, "not measured: the mesh agent did not run "
                                          "(see mesh.tcp)")
+        elif host.name in lossy:
+            results[host.name] = skipped(CHECK_ID, "not judged: its paths lose packets at "
+                                         "random (see loss.path), full-size ones too")
         elif host.name in culprits:
             results[host.name] = mtu_failure(host, mtus, broken, usual_mtu(
-                m for n, m in mtus.items() if n not in culprits) or usual)
+                m for n, m in mtus.items() if n not in culprits) or usual, probes)
         elif host.name in silent:
-            results[host.name] = no_echo(host, unknown)
+            results[host.name] = no_echo(host, [p for p, (state, _) in pairs.items()
+                                                if state == "silent"])
+        elif host.name in unsure:
+            results[host.name] = not_told(host, pairs, probes)
         else:
             results[host.name] = mtu_pass(host, mtus[host.name], probes_from(host.name, pairs),
-                                          sorted(culprits | silent))
+                                          sorted(culprits | silent | unsure))
     return results
+
+
+UNSURE = ("unclear", "unfinished")
+ORDER = ("limit", "silent", "unclear", "unfinished", "ok")  # a pair's state: the first seen
+
+
+def pair_states(probes: Iterable[PeerProbe]) -> dict[frozenset[str], tuple[str, int | None]]:
+    """Per host pair, both directions together: ("ok", None) when full-size packets cross both
+    ways, ("limit", the smaller size that passes) for a limit that repeated, else the state
+    that explains least ("silent": no echo at any size; "unclear", "unfinished")."""
+    pairs: dict[frozenset[str], tuple[str, int | None]] = {}
+    for probe in probes:
+        pair = frozenset((probe.src, probe.dst))
+        state = probe.state
+        mtu = probe.path_mtu if state == "limit" else None
+        seen_state, seen_mtu = pairs.get(pair, ("ok", None))
+        if ORDER.index(state) < ORDER.index(seen_state):
+            pairs[pair] = (state, mtu)
+        elif state == seen_state == "limit" and mtu is not None:
+            pairs[pair] = (state, min(mtu, seen_mtu or mtu))
+        else:
+            pairs.setdefault(pair, (seen_state, seen_mtu))
+    return pairs
 
 
 def pair_mtus(probes: Iterable[PeerProbe]) -> dict[frozenset[str], int | str | None]:
     """Per host pair: None if full-size packets pass both ways, else the largest size that
-    does, or "unknown" when nothing echoed at all (UDP filtered)."""
-    pairs: dict[frozenset[str], int | str | None] = {}
-    for probe in probes:
-        pair = frozenset((probe.src, probe.dst))
-        pairs.setdefault(pair, None)
-        if probe.mtu_ok:
-            continue
-        seen = pairs[pair]
-        if probe.path_mtu is None:
-            pairs[pair] = "unknown" if seen is None else seen
-        elif seen is None or seen == "unknown" or probe.path_mtu < seen:
-            pairs[pair] = probe.path_mtu
-    return pairs
+    does, or "unknown" when it was not measured (no echo, too few echoes, out of time)."""
+    return {pair: (None if state == "ok" else mtu if state == "limit" else "unknown")
+            for pair, (state, mtu) in pair_states(probes).items()}
 
 
 def probes_from(name: str, pairs: Mapping[frozenset[str], object]) -> list[str]:
@@ -81,27 +108,58 @@ def usual_mtu(mtus: Iterable[int]) -> int:
     return max(counts, key=lambda m: (counts[m], m))
 
 
-def arrow(pair: frozenset[str]) -> str:
-    return "↔".join(sorted(pair))
+def peer_list(names: list[str], everyone: int) -> str:
+    if len(names) == everyone and everyone > 3:
+        return f"every other host ({everyone})"
+    return ", ".join(names)
+
+
+def evidence(host: str, probes: Iterable[PeerProbe]) -> str:
+    """The counts behind a limit: how many full-size and limit-size datagrams came back."""
+    full, limit = [0, 0], [0, 0]
+    for p in probes:
+        if host in (p.src, p.dst) and p.state == "limit":
+            for into, key in ((full, "full"), (limit, "limit")):
+                echoed, sent = p.mtu_counts.get(key, (0, 0))
+                into[0] += echoed
+                into[1] += sent
+    if not full[1]:
+        return ""
+    return (f" ({full[1] - full[0]} of {full[1]} full-size datagrams lost, {limit[0]} of "
+            f"{limit[1]} at the smaller size back)")
 
 
 def mtu_failure(host: MeshHost, mtus: Mapping[str, int],
-                broken: Mapping[frozenset[str], int], target: int) -> CheckResult:
+                broken: Mapping[frozenset[str], int], target: int,
+                probes: Iterable[PeerProbe] = ()) -> CheckResult:
     mine = sorted((pair, mtu) for pair, mtu in broken.items() if host.name in pair)
-    paths = ", ".join(f"{arrow(pair)} is {mtu}" for pair, mtu in mine)
     others = sorted(h for pair, _ in mine for h in pair if h != host.name)
-    other_mtus = ", ".join(f"{mtus[h]} on {h}" for h in others)
-    detail = (f"path MTU {paths}, {host.interface} MTU is {mtus[host.name]} on {host.name}"
-              f" ({other_mtus})")
+    narrowest = min(mtu for _, mtu in mine)
+    everyone = len(mtus) - 1
+    other_mtus = sorted({mtus[h] for h in others})
+    detail = (f"packets larger than {narrowest} bytes never cross between {host.name} and "
+              f"{peer_list(others, everyone)}, every time{evidence(host.name, probes)}; "
+              f"{host.interface} MTU is {mtus[host.name]} on {host.name} and "
+              f"{'/'.join(map(str, other_mtus))} on the others")
     if mtus[host.name] != target:
         remedy = (f"set the same MTU on every host: ip link set {host.interface} mtu {target} "
                   f"on {host.name}")
     else:
-        narrowest = min(mtu for _, mtu in mine)
         remedy = (f"the network carries only {narrowest}-byte packets to {host.name}: fix the "
                   f"MTU of the switch or tunnel, or set ip link set {host.interface} mtu "
                   f"{narrowest} on every host")
     return failed(CHECK_ID, detail, remedy)
+
+
+def not_told(host: MeshHost, pairs: Mapping[frozenset[str], tuple[str, int | None]],
+             probes: Iterable[PeerProbe]) -> CheckResult:
+    peers = sorted(h for pair, (state, _) in pairs.items() if state in UNSURE and host.name in pair
+                   for h in pair if h != host.name)
+    return warned(CHECK_ID, f"full-size packets between {host.name} and {', '.join(peers)} "
+                            f"were lost, but too few smaller ones came back (or time ran out) "
+                            f"to tell an MTU limit from loss: not judged",
+                  f"check by hand, a limit repeats and loss does not: ping -M do -s "
+                  f"{host.mtu - 28} -c 20 {peers[0]}")
 
 
 def no_echo(host: MeshHost, unknown: list[frozenset[str]]) -> CheckResult:
