@@ -115,6 +115,17 @@ class MpiDaemon:
 
 
 @dataclass(frozen=True)
+class SessionDir:
+    """Where Open MPI makes its session directory on the host, as its ssh sessions see it."""
+
+    path: str
+    source: str  # TMPDIR, TEMP, TMP or default (/tmp)
+    writable: bool
+    free: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
 class Facts:
     hostname: str
     fqdn: str
@@ -144,6 +155,8 @@ class Facts:
     modules: dict[str, FoundModule | None] | None = None  # None: an older probe's facts
     mpi_daemon: MpiDaemon | None = None
     pythonpath: str | None = None
+    session_dir: SessionDir | None = None  # None: an older probe's facts
+    missing_libraries: dict[str, tuple[str, ...]] | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -173,6 +186,9 @@ class Facts:
                 name: FoundModule(**m) if m else None for name, m in modules.items()},
             mpi_daemon=MpiDaemon(**daemon) if daemon else None,
             pythonpath=d.get("pythonpath"),
+            session_dir=SessionDir(**d["session_dir"]) if d.get("session_dir") else None,
+            missing_libraries=None if d.get("missing_libraries") is None else {
+                k: tuple(v) for k, v in d["missing_libraries"].items()},
             raw=d,
         )
 
@@ -220,3 +236,4 @@ class HostProbe:
     error: str | None
     sent: float  # launcher time.time() before the request
     received: float  # and after the answer
+    first: Ran | None = None  # the first attempt, where `result` is from a second one

@@ -7,10 +7,13 @@ A host that fails a step is left out of the steps after it, and gets `skip` ther
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
 import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from .facts import Facts, HostProbe, Interface
 from .inventory import Host, Inventory
 from .launch.command import network_interfaces
 from .proc import Ran
-from .remote import Session, Ssh, fan_out, is_local
+from .remote import Session, Ssh, is_local
 from .result import CheckResult, HostReport, Report, Status, failed, skipped
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -40,6 +43,9 @@ REMOTE_SH = f'p="$1"; shift; [ -x "$p" ] || p=python3; exec "$p" -c "{BOOTSTRAP}
 Say = Callable[[str], None]
 DEEP_MIN_S = 90.0  # the deep check's budget at least: a TensorFlow import on every host
 PARKED = "parked"  # the probe's line after its facts (agents/host_probe.py, --stay)
+FAN_OUT = 32  # probes at once
+STRAGGLER_MIN_S = 2.0  # a host is a straggler once it took this long, and
+STRAGGLER_FACTOR = 3.0  # this many times the median answer
 MESH_IDS = (mesh.CHECK_ID, mtu.CHECK_ID, loss.CHECK_ID)  # what the mesh step gives each host
 
 
@@ -90,6 +96,42 @@ def probe_host(ssh: Ssh, host: str, argv: list[str], source: str, timeout_s: flo
     return HostProbe(host, is_local(host), result, facts, error, sent, received)
 
 
+def probe_hosts(names: list[str], attempt: Callable[[str], HostProbe]) -> dict[str, HostProbe]:
+    """The probe on every host at once. A host that has not answered once the crowd is done
+    (all but a tenth answered, and it took STRAGGLER_FACTOR times their median) is tried again
+    then, alone, with the full timeout, while its first attempt runs on; one whose first attempt
+    failed is tried again too. So a timeout is confirmed after the crowd, and a dead host costs
+    the healthy time plus about one timeout. The second attempt's answer counts when the first
+    has none (HostProbe.first keeps the first)."""
+    with ThreadPoolExecutor(max_workers=FAN_OUT) as pool, \
+            ThreadPoolExecutor(max_workers=FAN_OUT) as again_pool:
+        first = {name: pool.submit(attempt, name) for name in names}
+        wait_for_crowd(first, time.monotonic())
+        again = {name: again_pool.submit(attempt, name) for name, f in first.items()
+                 if not f.done() or f.result().facts is None}
+        probes = {name: f.result() for name, f in first.items()}
+        for name, future in again.items():
+            retried = future.result()
+            if probes[name].facts is None:
+                probes[name] = dataclasses.replace(retried, first=probes[name].result)
+    return probes
+
+
+def wait_for_crowd(first: Mapping[str, Future], started: float) -> None:
+    """Returns once every first attempt is done, or the few left are stragglers."""
+    allowed = max(1, len(first) // 10) if len(first) > 1 else 0
+    while True:
+        done = [f.result() for f in first.values() if f.done()]
+        left = [f for f in first.values() if not f.done()]
+        if not left:
+            return
+        if done and len(left) <= allowed:
+            typical_s = statistics.median(p.received - p.sent for p in done)
+            if time.monotonic() - started >= max(STRAGGLER_MIN_S, STRAGGLER_FACTOR * typical_s):
+                return
+        wait(left, timeout=0.1, return_when=FIRST_COMPLETED)
+
+
 def probe_session(ssh: Ssh, host: str, argv: list[str], source: str, timeout_s: float
                   ) -> tuple[Ran, Session | None]:
     """What the probe printed up to its "parked" line, as a Ran (exit status 0: it is still
@@ -131,8 +173,8 @@ def run(inventory: Inventory, options: Options, say: Say = lambda _: None) -> Ou
         say(f"probing {len(names)} host(s)")
         started = time.monotonic()
         argv, source = probe_argv(names, options), agents.source("host_probe")
-        probes = {p.host: p for p in fan_out(
-            names, lambda h: probe_host(ssh, h, argv, source, options.timeout_s))}
+        probes = probe_hosts(names, lambda h: probe_host(ssh, h, argv, source,
+                                                           options.timeout_s))
         facts = {h: p.facts for h, p in probes.items() if p.facts is not None}
         say(f"facts from {len(facts)} of {len(names)} host(s) in "
             f"{time.monotonic() - started:.1f} s")

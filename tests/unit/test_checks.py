@@ -313,6 +313,40 @@ def test_an_orted_that_does_not_start_fails_for_mpi_and_warns_for_gloo():
     assert software.check_orted("h2", f, local=True, mpi=True).status is Status.PASS
 
 
+def session(path: str = "/tmp", source: str = "default", writable: bool = True,
+            free: int | None = 50 << 30, error: str | None = None) -> dict:
+    return {"path": path, "source": source, "writable": writable, "free": free, "error": error}
+
+
+def test_a_session_directory_that_cannot_be_made_fails_naming_tmpdir():
+    f = facts("h2", session_dir=session("/nonexistent/tmp", "TMPDIR", False, None,
+                                        "FileNotFoundError: No such file or directory"))
+    result = software.check_session_dir("h2", f)
+    assert result.status is Status.FAIL
+    assert result.detail == ("Open MPI's session directory cannot be made in /nonexistent/tmp "
+                             "(from $TMPDIR) on h2: FileNotFoundError: No such file or "
+                             "directory; its daemon would start, then fail")
+    assert "TMPDIR" in result.remedy
+
+
+def test_a_full_session_directory_fails_and_a_roomy_one_passes():
+    assert software.check_session_dir("h2", facts("h2", session_dir=session(
+        free=1 << 20))).status is Status.FAIL
+    passed_check = software.check_session_dir("h2", facts("h2", session_dir=session()))
+    assert passed_check.status is Status.PASS and "50 GiB free" in passed_check.detail
+    assert software.check_session_dir("h2", facts("h2")).status is Status.SKIP  # older probe
+
+
+def test_a_shared_library_the_daemon_cannot_find_fails_with_its_name():
+    f = facts("h2", missing_libraries={"/usr/bin/orted": ["libopen-rte.so.40"]})
+    result = software.check_libraries("h2", f)
+    assert result.status is Status.FAIL
+    assert "/usr/bin/orted needs libopen-rte.so.40" in result.detail
+    assert "LD_LIBRARY_PATH" in result.remedy
+    assert software.check_libraries("h2", facts("h2", missing_libraries={})).status is \
+        Status.PASS
+
+
 def test_unknown_horovod_build_warns():
     result = software.check_versions("h1", facts("h1", horovod_build=None),
                                      facts("h1", horovod_build=None), "h1")

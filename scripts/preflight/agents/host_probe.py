@@ -22,6 +22,8 @@ Usage: python -c BOOTSTRAP --resolve h1 --resolve h2 --project DIR --script PATH
 from __future__ import annotations
 
 import argparse
+import glob
+import importlib.util
 import ipaddress
 import json
 import os
@@ -31,6 +33,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -230,6 +233,56 @@ def mpi_daemon() -> dict:
             "error": f"none of {', '.join(DAEMONS)} on PATH={os.environ.get('PATH', '')}"}
 
 
+def session_dir() -> dict:
+    """Where Open MPI's daemon and ranks put their session directory (opal_tmp_directory():
+    $TMPDIR, else $TEMP, else $TMP, else /tmp), whether a directory can be made there, and the
+    space left: without it the daemon starts and then cannot run."""
+    source = next((name for name in ("TMPDIR", "TEMP", "TMP") if os.environ.get(name)), None)
+    base = os.environ[source] if source else "/tmp"
+    found = {"path": base, "source": source or "default", "writable": False, "free": None,
+             "error": None}
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix="preflight-session-", dir=base))
+        found["writable"] = True
+        found["free"] = shutil.disk_usage(base).free
+    except OSError as exc:
+        found["error"] = f"{type(exc).__name__}: {exc.strerror or exc}"
+    return found
+
+
+def missing_libraries(daemon_path: str | None) -> dict[str, list[str]]:
+    """{program or module: [shared libraries ldd cannot find]} for the daemon and mpi4py's MPI
+    extension (what a rank loads), where any is missing. mpi4py 4 ships one extension per MPI
+    ABI (MPI.openmpi..., MPI.mpich...) and loads the one whose library is there: one complete
+    variant is enough."""
+    missing = {}
+    if daemon_path:
+        lost = unresolved(daemon_path)
+        if lost:
+            missing[daemon_path] = lost
+    spec = importlib.util.find_spec("mpi4py")
+    entries = (spec.submodule_search_locations or []) if spec is not None else []
+    variants = [path for entry in entries
+                for path in sorted(glob.glob(os.path.join(entry, "MPI*.so")))]
+    lost_by_variant = {path: unresolved(path) for path in variants}
+    if lost_by_variant and all(lost_by_variant.values()):
+        fewest = min(lost_by_variant, key=lambda path: len(lost_by_variant[path]))
+        missing[fewest] = lost_by_variant[fewest]
+    return missing
+
+
+def unresolved(path: str) -> list[str]:
+    """The shared libraries of `path` that the loader cannot find (ldd's "not found")."""
+    text = run_command(["ldd", os.path.realpath(path)]) or ""
+    return [line.split("=>")[0].strip() for line in text.splitlines() if "not found" in line]
+
+
+def daemon_needs() -> dict:
+    daemon = mpi_daemon()
+    return {"daemon": daemon, "session_dir": session_dir(),
+            "missing_libraries": missing_libraries(daemon.get("path"))}
+
+
 def horovod_build() -> dict[str, bool] | None:
     """Parses `horovodrun --check-build` output that setup.sh saved next to the venv."""
     path = os.path.join(sys.prefix, BUILD_FILE)
@@ -421,7 +474,7 @@ def probe(args: argparse.Namespace) -> dict:
     lookups = {name: in_background(resolve, name) for name in names}
     fqdn = in_background(socket.getfqdn)
     mpirun = in_background(run_command, ["mpirun", "--version"])
-    daemon = in_background(mpi_daemon)
+    daemon = in_background(daemon_needs)
     modules = in_background(found_modules)
     gpus = in_background(gpu_count)
     neigh = in_background(neighbours) if args.neighbours else None
@@ -459,7 +512,10 @@ def probe(args: argparse.Namespace) -> dict:
         facts["resolved"][name] = {"addresses": value or [], "error": error}
     facts["fqdn"] = fqdn(deadline)[0] or hostname
     facts["mpirun"] = first_line(mpirun(deadline)[0])
-    facts["mpi_daemon"] = daemon(deadline)[0]
+    needs = daemon(deadline)[0] or {}
+    facts["mpi_daemon"] = needs.get("daemon")
+    facts["session_dir"] = needs.get("session_dir")
+    facts["missing_libraries"] = needs.get("missing_libraries")
     facts["modules"] = modules(deadline)[0]
     facts["pythonpath"] = os.environ.get("PYTHONPATH") or None
     facts["gpus"] = gpus(deadline)[0]

@@ -12,6 +12,11 @@ Ids:
   another version.
 - `software.orted`: Open MPI's remote daemon (`orted`) is on the host's non-interactive PATH and
   starts, so mpirun from the launcher can start the host's ranks. The launcher itself needs none.
+- `software.session_dir`: the directory where Open MPI's daemon and ranks make their session
+  directory ($TMPDIR, else $TEMP, $TMP, /tmp, as an ssh session sees them) takes a new directory
+  and has room: without it the daemon starts, then cannot run.
+- `software.libraries`: every shared library of the daemon and of mpi4py's MPI module (what a
+  rank loads) is found by the loader.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from .context import Context
 FAMILY = "software"
 VERSIONS = "software.versions"
 ORTED = "software.orted"
-IDS = (VERSIONS, ORTED)
+SESSION_DIR = "software.session_dir"
+LIBRARIES = "software.libraries"
+IDS = (VERSIONS, ORTED, SESSION_DIR, LIBRARIES)
+SESSION_MIN_FREE = 64 << 20  # Open MPI's session files are small; shared-memory backing is not
 STAGE = "host"
 REQUIRED_BUILD = ("MPI", "Gloo")
 COMPARED_BUILD = ("TensorFlow", "MPI", "Gloo", "NCCL")
@@ -45,7 +53,40 @@ def check(host: str, ctx: Context) -> list[CheckResult]:
     label = (f"launcher {reference}" if reference == ctx.reference
              else f"most hosts, e.g. {reference}")
     return [check_versions(host, f, ctx.facts[reference], reference, label),
-            check_orted(host, f, ctx.probes[host].local, ctx.mpi)]
+            check_orted(host, f, ctx.probes[host].local, ctx.mpi),
+            check_session_dir(host, f), check_libraries(host, f)]
+
+
+def check_session_dir(host: str, f: Facts) -> CheckResult:
+    found = f.session_dir
+    if found is None:
+        return skipped(SESSION_DIR, "not probed")
+    where = (f"{found.path} (from ${found.source})" if found.source != "default"
+             else f"{found.path} (no TMPDIR set)")
+    if not found.writable:
+        return failed(SESSION_DIR, f"Open MPI's session directory cannot be made in {where} on "
+                                   f"{host}: {found.error}; its daemon would start, then fail",
+                      f"make {found.path} exist and writable on {host}, or set TMPDIR for "
+                      f"non-interactive ssh sessions there to a directory that is")
+    if found.free is not None and found.free < SESSION_MIN_FREE:
+        return failed(SESSION_DIR, f"{where} on {host} has {found.free >> 20} MiB free: too "
+                                   f"little for Open MPI's session files",
+                      f"free space in {found.path} on {host}, or point TMPDIR elsewhere")
+    free = f", {found.free >> 30} GiB free" if found.free is not None else ""
+    return passed(SESSION_DIR, f"Open MPI's session directory can be made in {where}{free}")
+
+
+def check_libraries(host: str, f: Facts) -> CheckResult:
+    if f.missing_libraries is None:
+        return skipped(LIBRARIES, "not probed")
+    if f.missing_libraries:
+        lost = "; ".join(f"{program} needs {', '.join(libs)}"
+                         for program, libs in f.missing_libraries.items())
+        return failed(LIBRARIES, f"shared libraries not found on {host}: {lost}",
+                      f"install them on {host} (the same Open MPI as on the launcher: make setup "
+                      f"there), or add their directory to LD_LIBRARY_PATH for non-interactive "
+                      f"ssh sessions")
+    return passed(LIBRARIES, "Open MPI's daemon and mpi4py's MPI module find every shared library")
 
 
 def majority(facts: Mapping[str, Facts], launcher: str) -> str:

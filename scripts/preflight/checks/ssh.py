@@ -2,14 +2,17 @@
 
 Ids:
 - `ssh.login`: ssh to the host works without a password (BatchMode), within the timeout.
-  The host the preflight runs on passes without ssh.
+  The host the preflight runs on passes without ssh. A host that fails is tried again once the
+  other hosts answered; passing only then warns, with the time it took.
 - `ssh.probe`: the probe ran on the host and printed its facts.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..proc import Ran
-from ..result import CheckResult, failed, passed, skipped
+from ..result import CheckResult, Status, failed, passed, skipped, warned
 from .context import Context
 
 FAMILY = "ssh"
@@ -39,8 +42,26 @@ _SSH_ERRORS: tuple[tuple[str, str, str], ...] = (
 
 def check(host: str, ctx: Context) -> list[CheckResult]:
     probe = ctx.probes[host]
-    return [check_login(host, probe.result, probe.local, ctx.timeout_s),
+    login = check_login(host, probe.result, probe.local, ctx.timeout_s)
+    return [confirmed(host, login, probe.first, probe.result, ctx.timeout_s),
             check_probe(host, probe.result, probe.error)]
+
+
+def confirmed(host: str, login: CheckResult, first: Ran | None, result: Ran | None,
+              timeout_s: float) -> CheckResult:
+    """ssh.login once a host was tried a second time (after the other hosts answered): a pass
+    then is a warning with the time it took, a failure says it was seen twice."""
+    if first is None or result is None:
+        return login
+    how = (f"no answer within {timeout_s:g} s" if first.timed_out
+           else f"exit {first.returncode}")
+    if login.status is Status.PASS:
+        return warned("ssh.login", f"answered only when tried again after the other hosts, in "
+                                   f"{result.seconds:.1f} s (the first try: {how})",
+                      f"check {host}'s load and sshd (time ssh {host} true): the job's launch "
+                      f"waits for the slowest login")
+    return dataclasses.replace(login, detail=f"{login.detail}; also when tried again alone, "
+                                             f"after the other hosts")
 
 
 def check_login(host: str, result: Ran | None, local: bool,
