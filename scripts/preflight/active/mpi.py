@@ -48,6 +48,7 @@ BTL_PORT_MIN = 1025
 MIN_RUN_S = 4.0  # time left below which no further mpirun is started
 ALONE_S = 10.0  # one host alone: an ssh session, a daemon and one Python rank
 CONFIRM_FACTOR = 2.0  # a host that timed out alone is tried again with this much more time
+ISOLATION_FACTOR = 2.0  # isolation may take this many times the group run's time
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
 
     One mpirun over every host, within timeout_s. When it fails or hangs, whatever the cause,
     isolation (active/isolate.py) finds the hosts behind it with runs of one host, confirmed,
-    then halving, within timeout_s more; alone_s bounds one run of one host."""
+    then halving, within twice timeout_s more; alone_s bounds one run of one host."""
     if not hosts:
         return {}, empty_measurements()
     problem = missing_tools(python)
@@ -88,7 +89,8 @@ def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
     first = attempt(hosts, timeout_s, bandwidth, start_limit_s(timeout_s, len(hosts)))
     if first.ok:
         return judged(first, interface, bandwidth)
-    budget = Budget(time.monotonic() + timeout_s, MIN_RUN_S, alone_s, CONFIRM_FACTOR * alone_s)
+    budget = Budget(time.monotonic() + ISOLATION_FACTOR * timeout_s, MIN_RUN_S, alone_s,
+                    CONFIRM_FACTOR * alone_s)
     found = isolate(hosts, attempt, budget, key=lambda h: h.name)
     if found.launcher is not None:
         return {h.name: [launcher_failure(h.name, found.launcher.run, len(hosts), cidr)]
