@@ -282,6 +282,11 @@ def stand_in_mpirun(monkeypatch, fails) -> list[list[str]]:
                                       a_run(returncode=1, stderr=ORTE_FAILURE), ProbeOutput())
         if how == "hang":
             return active_mpi.Attempt(tuple(hosts), tuple(names), a_run(**HUNG), ProbeOutput())
+        if isinstance(how, tuple):  # ("cut", host): every rank started, pairs to host never met
+            at = names.index(how[1])
+            cut = frozenset((r, at) for r in range(len(names)) if r != at)
+            return active_mpi.Attempt(tuple(hosts), tuple(names), a_run(**HUNG), ProbeOutput(
+                started=frozenset(range(len(names))), cut=cut))
         n = len(names)
         pairs = [pair(a, b, 40.0) for a, b in itertools.combinations(range(n), 2)]
         good = output(pairs, n=n)
@@ -364,6 +369,18 @@ def test_a_host_others_cannot_reach_is_found_by_halving(monkeypatch):
                                  for h in EIGHT}
     assert "passed alone but failed together with" in results["h4"][0].detail
     assert len(tried) <= 1 + 8 + 1 + 2 * 3 + 2 + 1
+
+
+def test_the_pairs_that_never_connected_are_tried_first_and_confirmed(monkeypatch):
+    tried = stand_in_mpirun(monkeypatch, lambda names, _: ("cut", "h4") if "h4" in names
+                            and len(names) > 1 else None)
+    results, _ = run_mpi(EIGHT, "eth0", CIDR, sys.executable, timeout_s=60)
+    assert statuses(results) == {h.name: Status.FAIL if h.name == "h4" else Status.PASS
+                                 for h in EIGHT}
+    # The group, 8 alone, together, the others with and without h4, the final run.
+    assert len(tried) == 1 + 8 + 1 + 2 + 1
+    assert "failed together with h1, h2, h3, h5, h6, h7, h8, which pass together" in \
+        results["h4"][0].detail
 
 
 def test_a_bad_link_between_two_hosts_condemns_one_end_and_keeps_the_other(monkeypatch):

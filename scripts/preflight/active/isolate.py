@@ -7,12 +7,14 @@ The method reads no error message; it only asks "does this group pass?" of small
    batch (the crowd gone), with a longer budget: passing then makes it slow, not faulty.
 2. Every member failing alone (two or more) puts the fault on the launcher, the one part they
    share; it is the only way the launcher is blamed.
-3. The members that passed alone run together again. If that still fails, the group is halved
-   and both halves run; a failing half is halved again. When both halves of a failing group
-   pass, the fault lies between them: each of their members runs with a group known to pass,
-   and those that fail there are the culprits; failing that (a bad link between two hosts),
-   each runs with the other half, and the side with fewer failing holds the culprits (one end
-   of the link, not both).
+3. The members that passed alone run together again. If that still fails and the run points at
+   some members (a step's own account, such as the pairs that never connected), the others run
+   together and each suspect with them, all at once: suspects that fail with others that pass
+   are the culprits. Failing that, the group is halved and both halves run; a failing half is
+   halved again. When both halves of a failing group pass, the fault lies between them: each
+   of their members runs with a group known to pass, and those that fail there are the
+   culprits; failing that (a bad link between two hosts), each runs with the other half, and
+   the side with fewer failing holds the culprits (one end of the link, not both).
 
 Cost: n runs of one member (in batches), then about 2k log2(n) runs for k faults that only show
 in company (n more where a fault lies between two halves); a group that passes costs nothing.
@@ -86,8 +88,11 @@ Attempt = Callable[[list[T], float], A]  # (group, time limit in s) -> the run
 
 
 def isolate(members: Sequence[T], attempt: Attempt, budget: Budget,
-            key: Callable[[T], Hashable] = lambda m: m) -> Isolation:
-    """Finds the members behind a group failure (see the module's docstring)."""
+            key: Callable[[T], Hashable] = lambda m: m,
+            hint: Callable[[A], Sequence[Hashable]] | None = None) -> Isolation:
+    """Finds the members behind a group failure (see the module's docstring). hint(failed
+    run): the members a failed group run points at (a step's own account, e.g. the pairs that
+    never connected), tried first; a hint is only a guess until runs confirm it."""
     found: Isolation = Isolation()
     alone = alone_round(list(members), attempt, budget, key, found)
     if len(members) > 1 and not alone:
@@ -101,7 +106,8 @@ def isolate(members: Sequence[T], attempt: Attempt, budget: Budget,
     if together.ok:
         found.final = together
         return found
-    found.culprits.update(split(rest, together, attempt, budget, key))
+    guessed = suspected(rest, together, attempt, budget, key, hint) if hint else {}
+    found.culprits.update(guessed or split(rest, together, attempt, budget, key))
     left_over = [m for m in rest if key(m) not in found.culprits]
     if found.culprits and left_over and budget.allows():
         found.final = attempt(left_over, budget.left())
@@ -141,6 +147,26 @@ def alone_round(members: list[T], attempt: Attempt, budget: Budget,
         found.culprits[name] = Verdict(verdict.attempt, f"{verdict.how}; the other {others} "
                                        f"passed alone" if others else verdict.how)
     return passed
+
+
+def suspected(group: list[T], failed: A, attempt: Attempt, budget: Budget,
+              key: Callable[[T], Hashable], hint: Callable[[A], Sequence[Hashable]]
+              ) -> dict[Hashable, Verdict]:
+    """The members a failed run points at, confirmed: the others run together and, at the same
+    time, each suspect with them; when the others pass, the suspects that fail with them are
+    the culprits. Nothing when the others fail too or no suspect does."""
+    named = set(hint(failed))
+    suspects = [m for m in group if key(m) in named]
+    company = [m for m in group if key(m) not in named]
+    if not suspects or not company or not budget.allows():
+        return {}
+    runs = fan_out([company, *([s, *company] for s in suspects)],
+                   lambda g: attempt(g, budget.left()), max_workers=BATCH)
+    if not runs[0].ok:
+        return {}
+    others = ", ".join(str(key(m)) for m in company)
+    return {key(s): Verdict(a, f"passed alone but failed together with {others}, which pass "
+                               f"together") for s, a in zip(suspects, runs[1:]) if not a.ok}
 
 
 def split(group: list[T], failed: A, attempt: Attempt, budget: Budget,

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from .. import proc
 from ..agents import source
 from ..agents.mpi_probe import SKEW_S, round_robin, slot_measure_s
+from ..checks.blame import blame
 from ..checks.mpi import (
     ALLREDUCE,
     MESSAGE_MIB,
     MpiHost,
     ProbeOutput,
+    blocked_pairs,
     empty_measurements,
     group_failure,
     launcher_failure,
@@ -91,7 +93,7 @@ def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
         return judged(first, interface, bandwidth)
     budget = Budget(time.monotonic() + ISOLATION_FACTOR * timeout_s, MIN_RUN_S, alone_s,
                     CONFIRM_FACTOR * alone_s)
-    found = isolate(hosts, attempt, budget, key=lambda h: h.name)
+    found = isolate(hosts, attempt, budget, key=lambda h: h.name, hint=pointed_at)
     if found.launcher is not None:
         return {h.name: [launcher_failure(h.name, found.launcher.run, len(hosts), cidr)]
                 for h in hosts}, empty_measurements()
@@ -117,6 +119,18 @@ def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
         for name in results:
             results[name].append(unmeasured_bandwidth(first.run))
     return {**results, **{n: [c] for n, c in culprits.items()}}, measured
+
+
+def pointed_at(attempt: Attempt) -> list[str]:
+    """The hosts a failed run's output points at, as a first guess for isolation: where no rank
+    started, else the hosts common to the pairs that never connected."""
+    layout = list(attempt.layout)
+    started = {layout[r] for r in attempt.output.started if 0 <= r < len(layout)}
+    absent = [h for h in dict.fromkeys(layout) if h not in started]
+    if absent and started:
+        return absent
+    pairs = blocked_pairs(attempt.output, len(layout))
+    return sorted(blame(frozenset((layout[a], layout[b])) for a, b in pairs))
 
 
 def observed(attempt: Attempt) -> str:
