@@ -107,7 +107,7 @@ def isolate(members: Sequence[T], attempt: Attempt, budget: Budget,
         found.final = together
         return found
     guessed = suspected(rest, together, attempt, budget, key, hint) if hint else {}
-    found.culprits.update(guessed or split(rest, together, attempt, budget, key))
+    found.culprits.update(guessed or split(rest, together, attempt, budget, key, hint))
     left_over = [m for m in rest if key(m) not in found.culprits]
     if found.culprits and left_over and budget.allows():
         found.final = attempt(left_over, budget.left())
@@ -170,7 +170,8 @@ def suspected(group: list[T], failed: A, attempt: Attempt, budget: Budget,
 
 
 def split(group: list[T], failed: A, attempt: Attempt, budget: Budget,
-          key: Callable[[T], Hashable]) -> dict[Hashable, Verdict]:
+          key: Callable[[T], Hashable], hint: Callable[[A], Sequence[Hashable]] | None = None
+          ) -> dict[Hashable, Verdict]:
     """Step 3: culprits of a group whose members each pass alone, by halving, level by level
     (every failing group of a level is halved at once). Groups that pass are kept as company
     known to be good, to try the members of two halves that only fail together with."""
@@ -188,17 +189,18 @@ def split(group: list[T], failed: A, attempt: Attempt, budget: Budget,
                 company = max((g for g in good if not {*map(key, g)} & {*map(key, first),
                                                                         *map(key, second)}),
                               key=len, default=[])
-                culprits.update(between(first, second, company, attempt, budget, key))
+                culprits.update(between(first, second, company, attempt, budget, key, hint))
     return culprits
 
 
 def between(first: list[T], second: list[T], company: list[T], attempt: Attempt,
-            budget: Budget, key: Callable[[T], Hashable]) -> dict[Hashable, Verdict]:
+            budget: Budget, key: Callable[[T], Hashable],
+            hint: Callable[[A], Sequence[Hashable]] | None = None) -> dict[Hashable, Verdict]:
     """Two groups that pass apart and fail together. Each of their members joins company known
     to be good: those that fail there are the culprits. Where none does (or there is no such
     company), each member joins the whole other group instead, and the side with fewer members
-    failing holds the culprits: for one bad link, the first group's end is taken, the other
-    kept."""
+    failing holds the culprits; on a tie, the side the failed runs point at more often (hint),
+    else the first: for one bad link, one end is taken and the other kept."""
     members = [*first, *second]
     if company:
         tried = fan_out(members, lambda m: attempt([m, *company], budget.left()),
@@ -213,7 +215,10 @@ def between(first: list[T], second: list[T], company: list[T], attempt: Attempt,
                     max_workers=BATCH)
     failing = [[(m, other, a) for (m, other), a in zip(joined, tried)
                 if not a.ok and other is side] for side in (second, first)]
-    fewest = min((f for f in failing if f), key=len, default=[])
+    pointed = [sum(key(m) in (hint(a) if hint else ()) for m, _, a in side) for side in failing]
+    fewest = min((side for side in (0, 1) if failing[side]),
+                 key=lambda side: (len(failing[side]), -pointed[side]), default=None)
+    fewest = failing[fewest] if fewest is not None else []
     return {key(m): Verdict(a, f"passed alone and with other hosts but failed together with "
                                f"{', '.join(str(key(o)) for o in other)}")
             for m, other, a in fewest}

@@ -123,14 +123,18 @@ def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
 
 def pointed_at(attempt: Attempt) -> list[str]:
     """The hosts a failed run's output points at, as a first guess for isolation: where no rank
-    started, else the hosts common to the pairs that never connected."""
+    started, else the hosts common to the pairs that never connected (on a tie, the host the
+    others could not reach: a firewall drops what comes in)."""
     layout = list(attempt.layout)
     started = {layout[r] for r in attempt.output.started if 0 <= r < len(layout)}
     absent = [h for h in dict.fromkeys(layout) if h not in started]
     if absent and started:
         return absent
     pairs = blocked_pairs(attempt.output, len(layout))
-    return sorted(blame(frozenset((layout[a], layout[b])) for a, b in pairs))
+    inbound = Counter(layout[b] for _, b in pairs)
+    outbound = Counter(layout[a] for a, _ in pairs)
+    return sorted(blame((frozenset((layout[a], layout[b])) for a, b in pairs),
+                        {h: inbound[h] - outbound[h] for h in layout}))
 
 
 def observed(attempt: Attempt) -> str:
