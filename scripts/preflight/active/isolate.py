@@ -106,10 +106,13 @@ def isolate(members: Sequence[T], attempt: Attempt, budget: Budget,
     if together.ok:
         found.final = together
         return found
-    guessed = suspected(rest, together, attempt, budget, key, hint) if hint else {}
+    guessed, company = suspected(rest, together, attempt, budget, key, hint) if hint else ({},
+                                                                                         None)
     found.culprits.update(guessed or split(rest, together, attempt, budget, key, hint))
     left_over = [m for m in rest if key(m) not in found.culprits]
-    if found.culprits and left_over and budget.allows():
+    if guessed and company is not None and len(left_over) == len(rest) - len(guessed):
+        found.final = company  # the others' own run, which passed
+    elif found.culprits and left_over and budget.allows():
         found.final = attempt(left_over, budget.left())
     return found
 
@@ -151,22 +154,23 @@ def alone_round(members: list[T], attempt: Attempt, budget: Budget,
 
 def suspected(group: list[T], failed: A, attempt: Attempt, budget: Budget,
               key: Callable[[T], Hashable], hint: Callable[[A], Sequence[Hashable]]
-              ) -> dict[Hashable, Verdict]:
+              ) -> tuple[dict[Hashable, Verdict], A | None]:
     """The members a failed run points at, confirmed: the others run together and, at the same
     time, each suspect with them; when the others pass, the suspects that fail with them are
-    the culprits. Nothing when the others fail too or no suspect does."""
+    the culprits. Also the others' run. Nothing when the others fail too or no suspect does."""
     named = set(hint(failed))
     suspects = [m for m in group if key(m) in named]
     company = [m for m in group if key(m) not in named]
     if not suspects or not company or not budget.allows():
-        return {}
+        return {}, None
     runs = fan_out([company, *([s, *company] for s in suspects)],
                    lambda g: attempt(g, budget.left()), max_workers=BATCH)
     if not runs[0].ok:
-        return {}
+        return {}, None
     others = ", ".join(str(key(m)) for m in company)
     return {key(s): Verdict(a, f"passed alone but failed together with {others}, which pass "
-                               f"together") for s, a in zip(suspects, runs[1:]) if not a.ok}
+                               f"together") for s, a in zip(suspects, runs[1:]) if not a.ok}, \
+        runs[0]
 
 
 def split(group: list[T], failed: A, attempt: Attempt, budget: Budget,
