@@ -78,18 +78,36 @@ Commands:
       mtu [MTU]      set the cluster interface MTU (default 1400; off: back to 1500)
       debian-hosts   add Debian's '127.0.1.1 HOST' line to HOST's /etc/hosts (off: remove it,
                      also when 'up --debian-hosts' put it there); running sessions see the change
-      orted          Open MPI's daemon cannot start on HOST over ssh: HOST's sshd restarts in a
+      orted [MODE]   Open MPI's daemon does not work on HOST over ssh: HOST's sshd restarts in a
                      private mount namespace where orted (as ssh sessions find it) is
-                     bind-mounted with /bin/false, so mpirun on another host fails with "ORTE
-                     was unable to reliably start one or more daemons"; the machine, `exec` and
-                     the other hosts keep the real orted (off: sshd restarts without the mount);
-                     exits 3 when Open MPI is not installed
+                     bind-mounted with a stand-in; the machine, `exec` and the other hosts keep
+                     the real orted (off: sshd restarts without the mount); exits 3 when Open
+                     MPI is not installed. MODE:
+                       missing  (the default) /bin/false: mpirun on another host fails with
+                                "ORTE was unable to reliably start one or more daemons"
+                       hang     a daemon that starts and never reports back: 'orted --help'
+                                and '--version' answer with Open MPI's own text (a copy of
+                                orted in <state>/HOST), any other arguments make it sleep until
+                                killed or its session ends, so mpirun hangs before any rank starts
       shadow [MODULE]
                      ssh sessions on HOST import an old MODULE: horovod (the default) 0.19.0,
                      tensorflow 1.15.0 or mpi4py 3.0.3, a package holding only __version__ and no
                      dist-info (importlib.metadata still reports the real version) in
                      <state>/HOST/shadow, put on PYTHONPATH by 'SetEnv' in HOST's sshd_config;
-                     sshd restarts (off: the line and the directory go, sshd restarts)
+                     sshd restarts (off: the variable and the directory go, sshd restarts)
+      tmpdir [PATH]  ssh sessions on HOST get TMPDIR=PATH (no spaces, quotes or backslashes)
+                     from 'SetEnv' in HOST's sshd_config, where Open MPI makes its session
+                     directory, so its daemon fails there when PATH cannot be made. The default,
+                     /proc/nonexistent/tmp, cannot be made even by root (Open MPI as root would
+                     make /nonexistent/tmp). sshd restarts (off: the variable goes, sshd
+                     restarts). With shadow on too, both share the one SetEnv line (sshd reads
+                     only the first) and either goes off on its own
+      slow-login [S] every new ssh session on HOST (multiplexed ones too) waits S whole seconds
+                     (default 12) before its command runs: 'ForceCommand' in HOST's sshd_config
+                     runs <state>/HOST/slow-login, which sleeps, then runs the command asked for
+                     with the user's shell (a login shell when none; sftp-server for scp); stdin
+                     and stdout pass through untouched; sshd restarts (off: the line and the
+                     script go, sshd restarts)
       hostname [NAME]
                      HOST calls itself NAME (default: the next host's name, h3 -> h1) in its UTS
                      namespace, which ssh sessions and `exec` share; /etc/hosts is unchanged
@@ -99,19 +117,20 @@ Commands:
                      host): its line in HOST's /etc/hosts is rewritten (off: set right again)
       no-resolve [H] HOST cannot resolve host H (default h1): H's line leaves HOST's /etc/hosts;
                      the other hosts still resolve it (off: put back)
-                   Open sessions see the /etc/hosts and hostname faults at once; the sshd, orted
-                   and shadow faults reach new ssh sessions only.
+                   Open sessions see the /etc/hosts and hostname faults at once; the sshd,
+                   orted, shadow, tmpdir and slow-login faults reach new ssh sessions only.
 
 Files: the state directory ({state} here; $HVSIM_DIR, default /tmp/<prefix>) holds state.json
 (the options, each host's name, address, interface and namespace, the active faults; written
 last by 'up'), id_ed25519 (the cluster's client key), known_hosts (each host key under the
 host's name and address), ssh_config, and hN/ (sshd_config, ssh_host_ed25519_key,
-authorized_keys, sshd.pid, uts.pid, sshd.log; blocked-program and shadow/ while the orted and
-shadow faults are on); with --slurm, slurm/ (etc/slurm.conf and cgroup.conf, munge/, ctld/,
-nodes/hN/ with each slurmd's spool, pid, log and TmpFS). /etc/netns/{prefix}-hN/hosts is the
-host's /etc/hosts; /etc/netns/{prefix}-hN/slurm, a link to slurm/etc, is its /etc/slurm. 'up' puts
-'Include <dir>/ssh_config' at the top of the launching user's ~/.ssh/config ($SUDO_USER's under
-sudo) between the lines
+authorized_keys, sshd.pid, uts.pid, sshd.log; while the orted fault is on, blocked-program
+(the program and its stand-in), and orted-hang and orted-real in hang mode; shadow/ and
+slow-login while those faults are on); with --slurm, slurm/ (etc/slurm.conf and cgroup.conf,
+munge/, ctld/, nodes/hN/ with each slurmd's spool, pid, log and TmpFS).
+/etc/netns/{prefix}-hN/hosts is the host's /etc/hosts; /etc/netns/{prefix}-hN/slurm, a link to
+slurm/etc, is its /etc/slurm. 'up' puts 'Include <dir>/ssh_config' at the top of the launching
+user's ~/.ssh/config ($SUDO_USER's under sudo) between the lines
   # >>> {prefix} cluster (scripts/cluster.sh) >>>
   # <<< {prefix} cluster <<<
 and 'down' removes them. ~/.ssh/authorized_keys is never touched; host key checking stays on.

@@ -125,9 +125,9 @@ class Cluster:
         name = sshd.hostname_of(self.settings, host.name)
         if name and name != host.name:
             extras.append(f"hostname={name}")
-        blocked = sshd.blocked_program(self.settings, host.name)
-        if blocked:
-            extras.append(f"{blocked}=false-over-ssh")
+        mount = sshd.program_mount(self.settings, host.name)
+        if mount:  # /usr/bin/orted=false-over-ssh, or =orted-hang-over-ssh
+            extras.append(f"{mount.program}={Path(mount.stand_in).name}-over-ssh")
         return extras
 
     # --- up and down -----------------------------------------------------------------------

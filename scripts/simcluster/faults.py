@@ -3,14 +3,16 @@ what `up` did in its place (the MTU goes back to 1500, Debian's hosts line goes)
 
 The network faults (link, loss, delay, rate, firewall, mtu) change the host's namespace, rate
 also its port on the switch; the name faults (debian-hosts, reverse-name, no-resolve) edit its
-/etc/hosts in place; hostname renames its UTS namespace; sshd, orted and shadow change how its
-sshd runs (stopped; in a private mount namespace where orted is /bin/false; with a PYTHONPATH
-for every session). 'off' of a fault with a value undoes whatever value is on, whatever value
-it is given.
+/etc/hosts in place; hostname renames its UTS namespace; sshd, orted, shadow, tmpdir and
+slow-login change how its sshd runs (stopped; in a private mount namespace where orted is
+/bin/false or a daemon that never reports back; with a PYTHONPATH or a TMPDIR for every session;
+with a forced command that waits before it runs the one asked for). 'off' of a fault with a
+value undoes whatever value is on, whatever value it is given.
 """
 
 from __future__ import annotations
 
+import filecmp
 import os
 import re
 import shlex
@@ -24,12 +26,14 @@ from .net import set_debian_line, set_host_lines
 from .options import check_mtu
 from .settings import UP_HINT, Settings
 from .sshd import (
-    blocked_program,
-    mounted_over,
+    ProgramMount,
+    program_mount,
     restart_sshd,
-    set_blocked_program,
+    seen_by,
+    set_forced_command,
     set_hostname,
-    set_session_pythonpath,
+    set_program_mount,
+    set_session_env,
     sshd_pid,
     start_sshd,
     stop_sshd,
@@ -38,9 +42,11 @@ from .state import Host, State
 from .system import ok, run, tool, with_sbin
 
 FAULT_KINDS = ("link", "loss", "delay", "rate", "sshd", "firewall", "mtu", "debian-hosts",
-               "orted", "shadow", "hostname", "reverse-name", "no-resolve")
+               "orted", "shadow", "tmpdir", "slow-login", "hostname", "reverse-name",
+               "no-resolve")
 DEFAULT_VALUES = {"loss": "30", "delay": "100", "rate": "100mbit", "mtu": "1400",
-                  "shadow": "horovod", "no-resolve": "h1"}
+                  "orted": "missing", "shadow": "horovod", "tmpdir": "/proc/nonexistent/tmp",
+                  "slow-login": "12", "no-resolve": "h1"}
 # The kinds whose value names another host; the default is the next host (h3 -> h1).
 NEXT_HOST_DEFAULT = ("hostname", "reverse-name")
 # What the shadow fault can shadow, and the old version each stand-in claims to be.
@@ -51,6 +57,47 @@ SHADOW_MODULE = """\
 # There is no dist-info, so importlib.metadata still reports the real package's version.
 __version__ = "{version}"
 """
+# How the orted fault breaks Open MPI's daemon: gone (/bin/false) or never reporting back.
+ORTED_MODES = ("missing", "hang")
+# The 'hang' stand-in, mounted over orted. A probe that asks orted for its name (--help) gets
+# Open MPI's own answer from a copy of the real one (the mount covers the original), so it
+# passes (bash's exec -a: under its own name, as it says it in its usage line); started any
+# other way, as mpirun starts it, it never reports back. It waits until killed or until the
+# process that started it (its ssh session, or a shell there) is gone, so a session that ends
+# leaves no daemon behind.
+ORTED_HANG = """\
+#!{bash}
+# Written by simcluster's orted fault (hang) for {host}; removed when the fault goes off.
+for arg in "$@"; do
+    case "$arg" in
+        -h|--help|--version) exec -a "${{0##*/}}" {real} "$@" ;;
+    esac
+done
+while kill -0 "$PPID" 2>/dev/null; do
+    sleep 1
+done
+"""
+# Run by sshd's ForceCommand for every session (the slow-login fault) as: slow-login SECONDS
+# SFTP_SERVER. It waits, then does what sshd would have done: the command asked for with the
+# user's shell, a login shell when none was asked for, and an sftp server for scp and sftp
+# (forced, sshd no longer serves internal-sftp itself). exec keeps stdin and stdout the
+# session's own pipes, byte for byte.
+SLOW_LOGIN = """\
+#!/bin/sh
+# Written by simcluster's slow-login fault for {host}; removed when the fault goes off.
+sleep "$1"
+case "$SSH_ORIGINAL_COMMAND" in
+    "") exec "${{SHELL:-/bin/sh}}" -l ;;
+    internal-sftp) exec "$2" ;;
+esac
+exec "${{SHELL:-/bin/sh}}" -c "$SSH_ORIGINAL_COMMAND"
+"""
+# Where distributions keep OpenSSH's sftp server, which internal-sftp is built from.
+SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
+                "/usr/lib/ssh/sftp-server", "/usr/libexec/sftp-server")
+# A value sshd_config's SetEnv can hold as one word: no spaces, quotes or backslashes, and no
+# leading '#' (a comment).
+SETENV_VALUE_RE = re.compile(r"[^\s\"'\\#][^\s\"'\\]*")
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 # Loopback is spared, as host firewalls (ufw, firewalld) do; only other hosts are blocked.
@@ -108,6 +155,9 @@ def check_value(kind: str, state: str, value: str | None, host: str = "",
                         "e.g. 100")
     if kind == "mtu" and state == "on":
         check_mtu(value)
+    if kind == "slow-login" and state == "on" and not (
+            value.isascii() and value.isdigit() and int(value) >= 1):
+        raise UserError(f"slow-login '{value}' is not a whole number of seconds >= 1", "e.g. 12")
     if kind == "rate" and state == "on":
         rate_bits(value)
         value = value.lower()
@@ -137,6 +187,12 @@ def tbf_args(rate: str, mtu: int) -> tuple[str, ...]:
 
 
 def _check_choice(kind: str, value: str, host: str, names: list[str]) -> None:
+    if kind == "orted" and value not in ORTED_MODES:
+        raise UserError(f"orted: unknown mode '{value}'",
+                        f"modes: {' '.join(ORTED_MODES)} (default missing)")
+    if kind == "tmpdir" and not SETENV_VALUE_RE.fullmatch(value):
+        raise UserError(f"tmpdir '{value}' is not a path without spaces, quotes or backslashes",
+                        "e.g. /proc/nonexistent/tmp")
     if kind == "shadow" and value not in SHADOW_VERSIONS:
         raise UserError(f"shadow: cannot shadow '{value}'",
                         f"modules: {' '.join(SHADOW_VERSIONS)} (default horovod)")
@@ -273,26 +329,69 @@ def session_program(name: str) -> str | None:
 
 
 def fault_orted(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
-    """Open MPI's daemon cannot start on the host over ssh: its sshd runs in a private mount
-    namespace where orted is /bin/false, which only its sessions see. /bin/false exits 1 and,
-    given the arguments mpirun gives orted, prints nothing (alone, --help or --version make it
-    print its own text, naming GNU false)."""
-    program = blocked_program(settings, host.name) or session_program("orted")
+    """Open MPI's daemon does not work on the host over ssh: its sshd runs in a private mount
+    namespace where orted is replaced, which only its sessions see. 'missing': by /bin/false,
+    which exits 1 and, given the arguments mpirun gives orted, prints nothing (alone, --help or
+    --version make it print its own text, naming GNU false). 'hang': by ORTED_HANG, which
+    answers --help as orted but never reports back to mpirun. The sshd restarts only when its
+    sessions do not see the stand-in asked for already."""
+    old = program_mount(settings, host.name)
+    program = old.program if old else session_program("orted")
     if program is None:
         if not on:
             return
         raise UserError("orted (Open MPI) is not installed on this machine",
                         "install Open MPI (scripts/setup.sh) to simulate it", Exit.UNSUPPORTED)
-    set_blocked_program(settings, host.name, program if on else None)
-    pid = sshd_pid(settings, host.name)
     real = os.path.realpath(program)
-    if pid is not None and mounted_over(pid, real) != on:
-        restart_sshd(settings, host.name)
-        pid = sshd_pid(settings, host.name)
-        if pid is not None and mounted_over(pid, real) != on:
-            raise UserError(f"could not {'block' if on else 'unblock'} {real} for the sshd of "
-                            f"{host.name}", f"see {settings.host_dir(host.name) / 'sshd.log'}",
-                            Exit.FAILED)
+    stand_in = _orted_stand_in(settings, host.name, real, value) if on else real
+    set_program_mount(settings, host.name, ProgramMount(program, stand_in) if on else None)
+    _show_sessions(settings, host.name, real, stand_in)
+    if not (on and value == "hang"):
+        for name in ("orted-hang", "orted-real"):
+            (settings.host_dir(host.name) / name).unlink(missing_ok=True)
+
+
+def _orted_stand_in(settings: Settings, host: str, real: str, mode: str) -> str:
+    """The file to mount over orted for `mode`. For 'hang', the copy and the wrapper are
+    written only when they differ, so turning the fault on again restarts nothing: the copy by
+    a rename (a running program cannot be written over), the wrapper in place (the mount holds
+    its inode, so sessions see the new text at once)."""
+    if mode == "missing":
+        return tool("false")
+    hdir = settings.host_dir(host)
+    copy, wrapper = hdir / "orted-real", hdir / "orted-hang"
+    if not copy.exists() or not filecmp.cmp(real, copy, shallow=False):
+        staged = hdir / "orted-real.new"
+        shutil.copy2(real, staged)  # then renamed: a running copy cannot be written over
+        os.replace(staged, copy)
+    _write_script(wrapper, ORTED_HANG.format(bash=tool("bash"), host=host,
+                                             real=shlex.quote(str(copy))))
+    return str(wrapper)
+
+
+def _write_script(path: Path, text: str) -> None:
+    """Writes an executable script others can run (sessions may be another user's), unless it
+    already says `text`."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    path.chmod(0o755)
+
+
+def _show_sessions(settings: Settings, host: str, real: str, stand_in: str) -> None:
+    """Makes the host's running sshd (if any) give its new sessions `stand_in` at `real`,
+    restarting it when they see something else, and checks that they do."""
+    want = os.stat(stand_in)
+
+    def sessions_see_it() -> bool:
+        pid = sshd_pid(settings, host)
+        seen = seen_by(pid, real) if pid is not None else None
+        return pid is None or (seen is not None and os.path.samestat(seen, want))
+
+    if not sessions_see_it():
+        restart_sshd(settings, host)
+        if not sessions_see_it():
+            raise UserError(f"could not put {stand_in} at {real} for the sshd of {host}",
+                            f"see {settings.host_dir(host) / 'sshd.log'}", Exit.FAILED)
 
 
 def shadow_dir(settings: Settings, host: str) -> Path:
@@ -312,8 +411,33 @@ def fault_shadow(settings: Settings, state: State, host: Host, on: bool, value: 
         for path in (directory, package):
             path.chmod(0o755)
         (package / "__init__.py").chmod(0o644)
-    if set_session_pythonpath(settings, host.name, str(directory) if on else None):
+    if set_session_env(settings, host.name, "PYTHONPATH", str(directory) if on else None):
         restart_sshd(settings, host.name)
+
+
+def fault_tmpdir(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
+    """Every ssh session on the host has TMPDIR=VALUE from its sshd (SetEnv, shared with the
+    shadow fault's PYTHONPATH): Open MPI makes its session directory under TMPDIR, so its daemon
+    fails there when VALUE cannot be made. The sshd restarts when the line changes."""
+    if set_session_env(settings, host.name, "TMPDIR", value if on else None):
+        restart_sshd(settings, host.name)
+
+
+def fault_slow_login(settings: Settings, state: State, host: Host, on: bool,
+                     value: str) -> None:
+    """Every new ssh session on the host waits VALUE seconds before its command runs: sshd's
+    ForceCommand runs SLOW_LOGIN from the host's directory. The sshd restarts when the line
+    changes."""
+    script = settings.host_dir(host.name) / "slow-login"
+    command = None
+    if on:
+        _write_script(script, SLOW_LOGIN.format(host=host.name))
+        sftp = next((path for path in SFTP_SERVERS if os.access(path, os.X_OK)), tool("false"))
+        command = shlex.join((str(script), value, sftp))
+    if set_forced_command(settings, host.name, command):
+        restart_sshd(settings, host.name)
+    if not on:
+        script.unlink(missing_ok=True)
 
 
 def fault_hostname(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
@@ -354,5 +478,5 @@ FAULTS: dict[str, Callable[[Settings, State, Host, bool, str], None]] = {
     "link": fault_link, "loss": fault_loss, "delay": fault_delay, "rate": fault_rate,
     "sshd": fault_sshd, "firewall": fault_firewall, "mtu": fault_mtu,
     "debian-hosts": fault_debian_hosts, "orted": fault_orted, "shadow": fault_shadow,
-    "hostname": fault_hostname, "reverse-name": fault_reverse_name,
-    "no-resolve": fault_no_resolve}
+    "tmpdir": fault_tmpdir, "slow-login": fault_slow_login, "hostname": fault_hostname,
+    "reverse-name": fault_reverse_name, "no-resolve": fault_no_resolve}

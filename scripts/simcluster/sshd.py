@@ -8,6 +8,7 @@ import pwd
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from preflight.errors import Exit, UserError
@@ -59,14 +60,13 @@ Match host {hosts} exec "grep -qsxF '{tag}' /etc/hosts"
 # Sets the hostname in a fresh UTS namespace, records its pid, then sleeps under a name that
 # says whose hostname it holds. The values come in as arguments, never inside the script.
 UTS_HOLDER = 'hostname "$1" && echo $$ >"$2" && exec -a "$3" sleep infinity'
-# Runs in a private mount namespace (the orted fault): mounts false ($1) over the program ($2),
-# complaining into the log ($3), then becomes the command that follows (nsenter ... sshd). The
-# mount lives as long as that namespace, that is as long as sshd and its sessions.
-BLOCK_PROGRAM = 'mount --bind "$1" "$2" 2>>"$3" && shift 3 && exec "$@"'
-# Marks a host whose sshd must start with a program blocked; holds that program's path.
+# Runs in a private mount namespace (the orted fault): mounts a stand-in ($1) over the program
+# ($2), complaining into the log ($3), then becomes the command that follows (nsenter ... sshd).
+# The mount lives as long as that namespace, that is as long as sshd and its sessions.
+MOUNT_OVER = 'mount --bind "$1" "$2" 2>>"$3" && shift 3 && exec "$@"'
+# Marks a host whose sshd must start with a program replaced: the program's path, then the
+# stand-in's (one line only, as older clusters wrote it: /bin/false).
 BLOCKED_FILE = "blocked-program"
-# The line the shadow fault adds to a host's sshd_config (OpenSSH >= 7.8 has SetEnv).
-SETENV_PREFIX = "SetEnv PYTHONPATH="
 
 
 def launch_user() -> str:
@@ -170,26 +170,39 @@ def start_uts_holder(settings: Settings, host: str) -> None:
         raise UserError(f"could not start the hostname holder of {host}", code=Exit.FAILED)
 
 
-def blocked_program(settings: Settings, host: str) -> str | None:
-    """The program the host's sshd sessions must not run (the orted fault), if any."""
+@dataclass(frozen=True)
+class ProgramMount:
+    """What the host's sshd sessions run in place of a program (the orted fault)."""
+
+    program: str  # as sessions find it; a bind mount over a symlink lands on its target
+    stand_in: str  # the file mounted over it: /bin/false, or a wrapper in the host's directory
+
+
+def program_mount(settings: Settings, host: str) -> ProgramMount | None:
+    """The program the host's sshd sessions must not run as it is, if any."""
     try:
-        return (settings.host_dir(host) / BLOCKED_FILE).read_text().strip() or None
+        lines = [line.strip() for line in
+                 (settings.host_dir(host) / BLOCKED_FILE).read_text().splitlines()]
     except OSError:
         return None
+    if not lines or not lines[0]:
+        return None
+    return ProgramMount(lines[0], lines[1] if len(lines) > 1 and lines[1] else tool("false"))
 
 
-def set_blocked_program(settings: Settings, host: str, path: str | None) -> None:
+def set_program_mount(settings: Settings, host: str, mount: ProgramMount | None) -> None:
+    """Records (or clears) what the host's sshd mounts when it next starts."""
     marker = settings.host_dir(host) / BLOCKED_FILE
-    if path is None:
+    if mount is None:
         marker.unlink(missing_ok=True)
     else:
-        marker.write_text(path + "\n")
+        marker.write_text(f"{mount.program}\n{mount.stand_in}\n")
 
 
 def start_sshd(settings: Settings, host: str) -> None:
-    """Starts the host's sshd in its network namespace and hostname. When a program is blocked
+    """Starts the host's sshd in its network namespace and hostname. When a program is replaced
     (the orted fault), sshd starts in a private mount namespace of its own, where that program
-    is /bin/false: only sshd and its sessions see the mount, which goes away with them."""
+    is its stand-in: only sshd and its sessions see the mount, which goes away with them."""
     holder = uts_pid(settings, host)
     if holder is None:
         raise UserError(f"host {host} has no hostname holder", UP_HINT, Exit.FAILED)
@@ -197,10 +210,10 @@ def start_sshd(settings: Settings, host: str) -> None:
     (hdir / "sshd.pid").unlink(missing_ok=True)
     sshd = [tool("nsenter"), "-t", str(holder), "-u", "--", SSHD, "-f", str(hdir / "sshd_config"),
             "-E", str(hdir / "sshd.log")]
-    blocked = blocked_program(settings, host)
-    if blocked:
+    mount = program_mount(settings, host)
+    if mount:
         sshd = [tool("unshare"), "--mount", "--propagation", "private", "--", tool("sh"), "-c",
-                BLOCK_PROGRAM, "_", tool("false"), blocked, str(hdir / "sshd.log"), *sshd]
+                MOUNT_OVER, "_", mount.stand_in, mount.program, str(hdir / "sshd.log"), *sshd]
     # sshd binds its socket before it daemonizes, so once the pidfile exists it takes logins.
     # No pipes: the daemon would hold them open; its messages go to sshd.log.
     subprocess.run([tool("ip"), "netns", "exec", settings.host_ns(host), *sshd],
@@ -216,7 +229,7 @@ def stop_sshd(settings: Settings, host: str) -> None:
 
 
 def restart_sshd(settings: Settings, host: str) -> None:
-    """Restarts a running sshd so that it reads its configuration and blocked program again;
+    """Restarts a running sshd so that it reads its configuration and program mount again;
     one stopped on purpose (the sshd fault) stays stopped and picks them up when started.
     Sessions already open keep running as they were."""
     if sshd_pid(settings, host) is not None:
@@ -224,31 +237,62 @@ def restart_sshd(settings: Settings, host: str) -> None:
         start_sshd(settings, host)
 
 
-def mounted_over(pid: int, path: str) -> bool:
-    """Whether something is mounted on `path` in the mount namespace of process `pid`."""
+def seen_by(pid: int, path: str) -> os.stat_result | None:
+    """The file at `path` as process `pid` sees it in its mount namespace (/proc/PID/root
+    resolves there), so a bind mount over it shows as the file mounted; None if unreadable."""
     try:
-        lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+        return os.stat(f"/proc/{pid}/root{path}")
     except OSError:
-        return False
-    # Field 5 is the mount point, with spaces and the like written as octal escapes.
-    return any(len(f) > 4 and f[4] == path for f in (line.split() for line in lines))
+        return None
 
 
-def set_session_pythonpath(settings: Settings, host: str, directory: str | None) -> bool:
-    """Adds (or removes) 'SetEnv PYTHONPATH=DIRECTORY' in the host's sshd_config, which every
-    session sshd starts then has in its environment; returns whether the file changed. The line
-    goes before any Match block, so it applies to every session."""
+def _set_directive(settings: Settings, host: str, keyword: str, line: str | None) -> bool:
+    """Puts `line` in place of the host's sshd_config line for `keyword` (None: removes it);
+    returns whether the file changed. sshd takes the first SetEnv or ForceCommand it reads, so
+    there is one at most, and before any Match block, so it applies to every session."""
     path = settings.host_dir(host) / "sshd_config"
     old = path.read_text().splitlines()
-    new = [line for line in old if not line.startswith(SETENV_PREFIX)]
-    if directory is not None:
-        match = next((i for i, line in enumerate(new) if line.startswith("Match ")), len(new))
-        new.insert(match, SETENV_PREFIX + directory)
+    new = [text for text in old if text.split(maxsplit=1)[:1] != [keyword]]
+    if line is not None:
+        match = next((i for i, text in enumerate(new) if text.startswith("Match ")), len(new))
+        new.insert(match, line)
     if new == old:
         return False
     path.write_text("\n".join(new) + "\n")
     run(SSHD, "-t", "-f", str(path))
     return True
+
+
+def session_env(settings: Settings, host: str) -> dict[str, str]:
+    """The variables the host's sshd sets for every session (its SetEnv line), in order."""
+    path = settings.host_dir(host) / "sshd_config"
+    for line in path.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["SetEnv"]:
+            return dict(word.split("=", 1) for word in words[1:] if "=" in word)
+    return {}
+
+
+def set_session_env(settings: Settings, host: str, name: str, value: str | None) -> bool:
+    """Sets NAME=VALUE (None: unsets it) for every session the host's sshd starts, keeping the
+    others: sshd (OpenSSH >= 7.8) honours only its first SetEnv line, so every fault's variable
+    shares that one. Returns whether sshd_config changed (sshd reads it when it restarts). The
+    values are paths in sshd_config's word syntax: no spaces, quotes or backslashes."""
+    env = session_env(settings, host)
+    if value is None:
+        env.pop(name, None)
+    else:
+        env[name] = value  # in its old place, if it had one: the same value changes nothing
+    line = "SetEnv " + " ".join(f"{k}={v}" for k, v in env.items()) if env else None
+    return _set_directive(settings, host, "SetEnv", line)
+
+
+def set_forced_command(settings: Settings, host: str, command: str | None) -> bool:
+    """Makes sshd run `command` (a shell command line) for every session of the host instead of
+    the one asked for, which it puts in $SSH_ORIGINAL_COMMAND; None: no forced command. Returns
+    whether sshd_config changed (sshd reads it when it restarts)."""
+    return _set_directive(settings, host, "ForceCommand",
+                          f"ForceCommand {command}" if command else None)
 
 
 def hostname_of(settings: Settings, host: str) -> str | None:

@@ -183,7 +183,7 @@ def test_a_firewall_makes_mpi_hang_and_only_that_host_is_named(cluster, host):
     assert {statuses[h] for h in others} == {"pass"}, hung
     assert check(hung, others[0], "mpi.allreduce")["detail"].endswith(
         f"checked without {host}, which failed")
-    assert elapsed < 3 * MPI_HANG_TIMEOUT_S
+    assert elapsed < 4 * MPI_HANG_TIMEOUT_S  # the group, alone, together, confirmed
     assert status_of(without, "mpi.allreduce") == {h: "pass" for h in others}, without
 
 

@@ -203,6 +203,10 @@ BAD_INPUT = [
     (["fault", "h1", "link", "sideways"], "must be 'on' or 'off'"),
     (["fault", "h1", "loss", "on", "150"], "loss percent '150'"),
     (["fault", "h1", "shadow", "on", "numpy"], "cannot shadow 'numpy'"),
+    (["fault", "h1", "orted", "on", "sideways"], "orted: unknown mode 'sideways'"),
+    (["fault", "h1", "slow-login", "on", "abc"], "slow-login 'abc' is not a whole number"),
+    (["fault", "h1", "slow-login", "on", "0"], "slow-login '0' is not a whole number"),
+    (["fault", "h1", "tmpdir", "on", "/tmp/a b"], "tmpdir '/tmp/a b' is not a path"),
     (["fault", "h1", "hostname", "on", "h1"], "is h1's own name"),
     (["fault", "h1", "hostname", "on", "no_such.name-"], "not a valid host name"),
     (["fault", "h2", "reverse-name", "on", "h2"], "already resolves to h2's address"),
@@ -261,7 +265,8 @@ def test_help_documents_every_command_and_fault_kind():
     assert proc.returncode == 0
     for word in ("up [N]", "down", "status", "hosts", "exec HOST CMD", "fault HOST KIND on|off",
                  "--decoy-bridge", "--second-if", "--debian-hosts", "--mtu", "--ifname",
-                 "link", "loss", "delay", "sshd", "firewall", "mtu", "debian-hosts", "orted",
+                 "link", "loss", "delay", "sshd", "firewall", "mtu", "debian-hosts",
+                 "orted [MODE]", "missing", "hang", "tmpdir [PATH]", "slow-login [S]",
                  "shadow [MODULE]", "hostname [NAME]", "reverse-name [H]", "no-resolve [H]",
                  "HVSIM_DIR", "HVSIM_PREFIX"):
         assert word in proc.stdout, word
@@ -415,6 +420,38 @@ def test_fault_orted_stops_mpirun_starting_its_daemon_on_that_host_only(cluster)
     assert not (cluster.state_dir / "h3" / "blocked-program").exists()
 
 
+def test_fault_orted_hang_answers_help_but_never_reports_back(cluster):
+    if shutil.which("orted") is None:
+        pytest.skip("needs Open MPI (orted)")
+    hdir = cluster.state_dir / "h2"
+
+    def some_arg() -> subprocess.CompletedProcess:
+        # As mpirun starts it: any arguments but --help and --version.
+        return cluster.ssh("h1", "h2", "timeout", "3", "orted", "--some-arg")
+
+    with cluster.fault("h2", "orted", value="hang"):
+        pid = (hdir / "sshd.pid").read_text()
+        cluster.fault("h2", "orted", "on", "hang")  # idempotent: not even a restart
+        assert (hdir / "sshd.pid").read_text() == pid
+        # The preflight's probe runs `orted --help` and looks for "OpenRTE": it passes.
+        proc = cluster.ssh("h1", "h2", "orted", "--help")
+        said = proc.stdout + proc.stderr  # orted writes its help to stderr
+        assert "OpenRTE" in said and "Usage: orted " in said, said
+        assert some_arg().returncode == 124  # timeout's status: it did not exit by itself
+        assert orted_runs(cluster, "h2") and orted_runs(cluster, "h1", "h3")  # only h2's sessions
+        assert "fault: h2 orted on (hang)" in cluster.run("status").stdout
+        cluster.fault("h2", "orted", "on", "missing")  # the mode changes while on
+        assert not orted_runs(cluster, "h1", "h2")
+        assert some_arg().returncode == 1  # /bin/false
+        assert not (hdir / "orted-hang").exists() and not (hdir / "orted-real").exists()
+        cluster.fault("h2", "orted", "on", "hang")
+        assert orted_runs(cluster, "h1", "h2") and some_arg().returncode == 124
+    assert orted_runs(cluster, "h1", "h2")
+    assert some_arg().returncode not in (0, 124)  # the real orted refuses the option at once
+    assert not [name for name in ("blocked-program", "orted-hang", "orted-real")
+                if (hdir / name).exists()]
+
+
 # Prints where a module comes from without importing it, and the version of its distribution.
 FIND_MODULE = ("import importlib.metadata as m, importlib.util as u, sys\n"
                "spec = u.find_spec(sys.argv[1])\n"
@@ -456,6 +493,83 @@ def test_fault_shadow_puts_an_old_package_first_on_the_ssh_sessions_pythonpath(c
     assert not found("h2", "mpi4py")[0].startswith(str(shadow))
     assert not shadow.exists()
     assert "PYTHONPATH" not in (cluster.state_dir / "h2" / "sshd_config").read_text()
+
+
+def session_env(cluster, host: str) -> tuple[str, str]:
+    """TMPDIR and PYTHONPATH as an ssh session on `host` has them ('' when unset)."""
+    proc = cluster.ssh("h1", host, 'echo "$TMPDIR|$PYTHONPATH"')
+    assert proc.returncode == 0, proc.stderr
+    tmpdir, pythonpath = proc.stdout.rstrip("\n").split("|")
+    return tmpdir, pythonpath
+
+
+def test_fault_tmpdir_sets_tmpdir_in_ssh_sessions_beside_shadow(cluster):
+    config = cluster.state_dir / "h2" / "sshd_config"
+    shadow = str(cluster.state_dir / "h2" / "shadow")
+    assert session_env(cluster, "h2") == ("", "")
+    with cluster.fault("h2", "tmpdir"):
+        pid = (cluster.state_dir / "h2" / "sshd.pid").read_text()
+        cluster.fault("h2", "tmpdir", "on")  # idempotent: not even a restart
+        assert (cluster.state_dir / "h2" / "sshd.pid").read_text() == pid
+        assert session_env(cluster, "h2") == ("/proc/nonexistent/tmp", "")
+        assert session_env(cluster, "h3") == ("", "")
+        assert "fault: h2 tmpdir on (/proc/nonexistent/tmp)" in cluster.run("status").stdout
+        if shutil.which("mpirun"):  # what the fault is for: the daemon cannot start there
+            proc = mpirun_hostnames(cluster, "h1,h2")
+            out = proc.stdout + proc.stderr
+            assert proc.returncode != 0 and ORTE_FAILED in out and "/proc/nonexistent" in out, out
+        # sshd honours only its first SetEnv line, so both faults share one; either goes alone.
+        with cluster.fault("h2", "shadow"):
+            assert session_env(cluster, "h2") == ("/proc/nonexistent/tmp", shadow)
+            assert config.read_text().count("SetEnv") == 1
+            cluster.fault("h2", "tmpdir", "on", "/var/tmp/elsewhere")
+            assert session_env(cluster, "h2") == ("/var/tmp/elsewhere", shadow)
+        assert session_env(cluster, "h2") == ("/var/tmp/elsewhere", "")
+        with cluster.fault("h2", "shadow"):
+            cluster.fault("h2", "tmpdir", "off")
+            assert session_env(cluster, "h2") == ("", shadow)
+            cluster.fault("h2", "tmpdir", "on")
+    assert session_env(cluster, "h2") == ("", "")
+    assert "SetEnv" not in config.read_text()
+    assert "faults: none" in cluster.run("status").stdout
+
+
+def timed_ssh(cluster, *args: str) -> tuple[float, subprocess.CompletedProcess]:
+    """`ssh ARGS` from h1 in batch mode, and how long it took."""
+    started = time.monotonic()
+    proc = cluster.exec("h1", "ssh", "-o", "BatchMode=yes", *args)
+    return time.monotonic() - started, proc
+
+
+def test_fault_slow_login_makes_every_new_session_wait(cluster, tmp_path):
+    wait_s = 2
+    script = cluster.state_dir / "h2" / "slow-login"
+    data = os.urandom(256 * 1024) + bytes(range(256))  # every byte value, more than a pipe holds
+    # A shared connection, as the preflight and mpirun use: each new session on it waits too.
+    mux = ("-o", "ControlMaster=auto", "-o", f"ControlPath={tmp_path}/cm-%h",
+           "-o", "ControlPersist=30")
+    elapsed, proc = timed_ssh(cluster, "h2", "true")
+    assert proc.returncode == 0 and elapsed < wait_s, (elapsed, proc.stderr)
+    with cluster.fault("h2", "slow-login", value=wait_s):
+        cluster.fault("h2", "slow-login", "on", wait_s)  # idempotent
+        elapsed, proc = timed_ssh(cluster, "h2", "true")
+        assert proc.returncode == 0 and elapsed >= wait_s, (elapsed, proc.stderr)
+        # The command runs as sshd would run it: same shell, stdin and stdout byte for byte,
+        # its exit status.
+        proc = cluster.ssh("h1", "h2", "cat", input=data, text=False)
+        assert proc.returncode == 0 and proc.stdout == data, proc.stderr
+        assert cluster.ssh("h1", "h2", "exit 7").returncode == 7
+        for _ in range(2):
+            elapsed, proc = timed_ssh(cluster, *mux, "h2", "hostname")
+            assert proc.stdout.strip() == "h2" and elapsed >= wait_s, (elapsed, proc.stderr)
+        cluster.exec("h1", "ssh", *mux, "-O", "exit", "h2")
+        elapsed, proc = timed_ssh(cluster, "h3", "true")
+        assert proc.returncode == 0 and elapsed < wait_s, (elapsed, proc.stderr)  # h2 only
+        assert f"fault: h2 slow-login on ({wait_s})" in cluster.run("status").stdout
+    elapsed, proc = timed_ssh(cluster, "h2", "true")
+    assert proc.returncode == 0 and elapsed < wait_s, (elapsed, proc.stderr)
+    assert not script.exists()
+    assert "ForceCommand" not in (cluster.state_dir / "h2" / "sshd_config").read_text()
 
 
 def test_fault_hostname_makes_two_hosts_answer_the_same_name(cluster):
