@@ -8,6 +8,7 @@ sends TERM first (mpirun then takes its remote daemons down) and KILL to what is
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -82,10 +83,11 @@ def job_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | No
 
 def run(argv: Sequence[str], timeout_s: float, *, stdin: str | None = None,
         env: Mapping[str, str] | None = None, cwd: Path | str | None = None,
-        hopeless: Callable[[str], bool] | None = None) -> Ran:
+        hopeless: Callable[[str], bool] | None = None, grace_s: float = KILL_GRACE_S) -> Ran:
     """Runs argv to its end or to timeout_s, whichever comes first; never raises for a failing
     command (a missing program is returncode 127). hopeless(stdout so far): when it has held for
-    HOPELESS_GRACE_S the process group is stopped early."""
+    HOPELESS_GRACE_S the process group is stopped early. grace_s: between TERM and KILL when
+    it is stopped."""
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -99,7 +101,7 @@ def run(argv: Sequence[str], timeout_s: float, *, stdin: str | None = None,
             out, err = proc.communicate(stdin, timeout=timeout_s)
             stopped = None
         except subprocess.TimeoutExpired:
-            stop_group(proc)
+            stop_group(proc, grace_s)
             out, err = proc.communicate()
             stopped = "timeout"
         return _ran(argv, proc, out, err, start, stopped, timeout_s)
@@ -110,9 +112,10 @@ def run(argv: Sequence[str], timeout_s: float, *, stdin: str | None = None,
         thread.start()
     if stdin is not None:
         _feed(proc, stdin)
-    stopped = _watch(proc, start + timeout_s, lambda: hopeless("".join(chunks[0])))
+    stopped = _watch(proc, start + timeout_s, lambda: hopeless("".join(chunks[0])), grace_s)
+    until = time.monotonic() + KILL_GRACE_S
     for thread in threads:
-        thread.join(timeout=KILL_GRACE_S)
+        thread.join(timeout=max(0.0, until - time.monotonic()))
     return _ran(argv, proc, "".join(chunks[0]), "".join(chunks[1]), start, stopped, timeout_s)
 
 
@@ -135,7 +138,8 @@ def _collect(pipe, into: list[str]) -> None:
         into.append(line)
 
 
-def _watch(proc: subprocess.Popen, deadline: float, hopeless: Callable[[], bool]) -> str | None:
+def _watch(proc: subprocess.Popen, deadline: float, hopeless: Callable[[], bool],
+           grace_s: float = KILL_GRACE_S) -> str | None:
     """Waits for the process; None when it ended, else why it was stopped."""
     hopeless_since = None
     while True:
@@ -146,26 +150,57 @@ def _watch(proc: subprocess.Popen, deadline: float, hopeless: Callable[[], bool]
             pass
         now = time.monotonic()
         if now >= deadline:
-            stop_group(proc)
+            stop_group(proc, grace_s)
             return "timeout"
         if not hopeless():
             hopeless_since = None
         elif hopeless_since is None:
             hopeless_since = now
         elif now - hopeless_since > HOPELESS_GRACE_S:
-            stop_group(proc)
+            stop_group(proc, grace_s)
             return "hopeless"
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """TERM the process's group, then KILL what is left after a grace period."""
+def stop_group(proc: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
+    """TERM the process's group, then KILL what is left after a grace period; then KILL its
+    descendants that left the group (mpirun starts its ssh clients in groups of their own):
+    they would hold its output open, and their remote daemons alive."""
+    strays = descendants(proc.pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
+            break
         try:
-            proc.wait(timeout=KILL_GRACE_S)
-            return
+            proc.wait(timeout=grace_s)
+            break
         except subprocess.TimeoutExpired:
             continue
+    for stray in strays:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(stray, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below pid, and those of its session (pid leads the session that run()
+    starts it in): a child that daemonised itself away from pid is still in the session.
+    Read from /proc (psutil is not everywhere this runs)."""
+    children: dict[int, list[int]] = {}
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parent, session = int(fields[1]), int(fields[3])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+        if session == pid and int(entry.name) != pid:
+            found.add(int(entry.name))
+    todo = list(children.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        found.add(child)
+        todo += children.get(child, ())
+    return sorted(found)

@@ -496,6 +496,18 @@ def test_a_hanging_mpirun_is_killed_with_its_ranks_at_the_timeout():
                                              capture_output=True).returncode == 1)
 
 
+def test_a_child_that_left_the_process_group_is_stopped_too():
+    """As mpirun's ssh clients do: in a group of their own, holding the output open."""
+    stray = ("import os, time; os.setpgid(0, 0); time.sleep(300)  # preflight-stray-test")
+    script = (f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {stray!r}])"
+              f"\ntime.sleep(300)\n")
+    start = time.monotonic()
+    run = proc.run([sys.executable, "-c", script], timeout_s=2, hopeless=lambda _out: False)
+    assert run.timed_out and time.monotonic() - start < 8
+    assert eventually(lambda: subprocess.run(["pgrep", "-f", "preflight-stray-test"],
+                                             capture_output=True).returncode == 1)
+
+
 def test_a_run_that_reports_it_will_hang_is_stopped_early():
     script = ("import json, time\n"
               "print(json.dumps({'event': 'stuck', 'rank': 0, 'peer': 1}), flush=True)\n"

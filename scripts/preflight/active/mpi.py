@@ -50,6 +50,7 @@ BTL_PORT_MIN = 1025
 MIN_RUN_S = 4.0  # time left below which no further mpirun is started
 ALONE_S = 10.0  # one host alone: an ssh session, a daemon and one Python rank
 CONFIRM_FACTOR = 2.0  # a host that timed out alone is tried again with this much more time
+STOP_GRACE_S = 1.0  # TERM to KILL for a stopped mpirun: one whose daemons hang never exits
 ISOLATION_FACTOR = 2.0  # isolation may take this many times the group run's time
 
 
@@ -86,6 +87,8 @@ def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
 
     def attempt(group: Sequence[MpiHost], limit_s: float, measure: bool = False,
                 start_s: float | None = None) -> Attempt:
+        if start_s is None and len(group) == 1 and limit_s <= alone_s:  # a first run alone
+            start_s = limit_s / 2
         return launch(group, cidr, python, measure, ssh_args, limit_s, start_s)
 
     first = attempt(hosts, timeout_s, bandwidth, start_limit_s(timeout_s, len(hosts)))
@@ -162,7 +165,7 @@ def launch(hosts: Sequence[MpiHost], cidr: str, python: str, bandwidth: bool,
     limit_s = max(1.0, limit_s)
     argv = mpirun_argv(hosts, layout, cidr, python, bandwidth, ssh_args=ssh_args,
                        pair_wait_s=pair_wait_s(limit_s, len(layout), bandwidth))
-    run = proc.run(argv, limit_s, hopeless=will_hang(len(layout), start_s))
+    run = proc.run(argv, limit_s, hopeless=will_hang(len(layout), start_s), grace_s=STOP_GRACE_S)
     return Attempt(tuple(hosts), tuple(layout), run, parse_output(run.stdout), bandwidth)
 
 
