@@ -96,24 +96,28 @@ def probe_host(ssh: Ssh, host: str, argv: list[str], source: str, timeout_s: flo
     return HostProbe(host, is_local(host), result, facts, error, sent, received)
 
 
-def probe_hosts(names: list[str], attempt: Callable[[str], HostProbe]) -> dict[str, HostProbe]:
+def probe_hosts(names: list[str], attempt: Callable[[str], HostProbe],
+                pending: list[Future] | None = None) -> dict[str, HostProbe]:
     """The probe on every host at once. A host that has not answered once the crowd is done
     (all but a tenth answered, and it took STRAGGLER_FACTOR times their median) is tried again
     then, alone, with the full timeout, while its first attempt runs on; one whose first attempt
     failed is tried again too. So a timeout is confirmed after the crowd, and a dead host costs
     the healthy time plus about one timeout. The second attempt's answer counts when the first
-    has none (HostProbe.first keeps the first)."""
-    with ThreadPoolExecutor(max_workers=FAN_OUT) as pool, \
-            ThreadPoolExecutor(max_workers=FAN_OUT) as again_pool:
+    has none (HostProbe.first keeps the first). A second try whose first answered meanwhile is
+    not waited for: it goes to `pending`, for the caller to wait on before it closes ssh."""
+    again_pool = ThreadPoolExecutor(max_workers=FAN_OUT)
+    with ThreadPoolExecutor(max_workers=FAN_OUT) as pool:
         first = {name: pool.submit(attempt, name) for name in names}
         wait_for_crowd(first, time.monotonic())
         again = {name: again_pool.submit(attempt, name) for name, f in first.items()
                  if not f.done() or f.result().facts is None}
         probes = {name: f.result() for name, f in first.items()}
-        for name, future in again.items():
-            retried = future.result()
-            if probes[name].facts is None:
-                probes[name] = dataclasses.replace(retried, first=probes[name].result)
+    for name, future in again.items():
+        if probes[name].facts is None:
+            probes[name] = dataclasses.replace(future.result(), first=probes[name].result)
+        elif pending is not None:
+            pending.append(future)
+    again_pool.shutdown(wait=pending is None)
     return probes
 
 
@@ -173,14 +177,16 @@ def run(inventory: Inventory, options: Options, say: Say = lambda _: None) -> Ou
         say(f"probing {len(names)} host(s)")
         started = time.monotonic()
         argv, source = probe_argv(names, options), agents.source("host_probe")
+        retries: list[Future] = []  # second tries nobody waits for: done before ssh closes
         probes = probe_hosts(names, lambda h: probe_host(ssh, h, argv, source,
-                                                           options.timeout_s))
+                                                           options.timeout_s), retries)
         facts = {h: p.facts for h, p in probes.items() if p.facts is not None}
         say(f"facts from {len(facts)} of {len(names)} host(s) in "
             f"{time.monotonic() - started:.1f} s")
         slots = host_slots(inventory.hosts, facts)
         choice = host_checks(inventory, probes, facts, slots, options, results)
         matrices = active_tests(ssh, choice, slots, options, results, say)
+        wait(retries)
     report = Report(
         hosts=tuple(HostReport(n, choice.addresses.get(n) or first_address(n, facts), slots[n],
                                tuple(results[n]), choice.names.get(n)) for n in names),
