@@ -108,20 +108,28 @@ def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
     if final is not None and final.ok and bandwidth and budget.allows():
         measured = attempt(rest, budget.left(), True)  # the rounds isolation left out
         final = measured if measured.ok else final
-    if final is None or not final.ok:
-        shown = final or first
-        results = group_failure(rest, list(shown.layout), shown.run, interface, cidr)
-        return {**results, **{n: [c] for n, c in culprits.items()}}, \
-            measurements(shown.output, list(shown.layout))
-    results, measured = judged(final, interface, bandwidth and final.measured)
-    note = narrowed_note(sorted(culprits), found.slow)
-    results = {name: [with_note(c, note) for c in checks] for name, checks in results.items()}
-    for name, seconds in found.slow.items():
-        results[name][0] = slow_result(name, seconds, first.run)
-    if bandwidth and not final.measured:
-        for name in results:
-            results[name].append(unmeasured_bandwidth(first.run))
+    results, measured = verdicts(rest, final or first, found.slow, first.run, interface, cidr,
+                                 bandwidth, sorted(culprits))
     return {**results, **{n: [c] for n, c in culprits.items()}}, measured
+
+
+def verdicts(rest: list[MpiHost], final: Attempt, slow: Mapping[str, float], group: proc.Ran,
+             interface: str, cidr: str, bandwidth: bool, culprits: list[str]
+             ) -> tuple[dict[str, list[CheckResult]], dict]:
+    """The results of the hosts isolation did not blame, from the last run over them."""
+    if not final.ok:
+        return group_failure(rest, list(final.layout), final.run, interface, cidr), \
+            measurements(final.output, list(final.layout))
+    results, measured = judged(final, interface, bandwidth and final.measured)
+    note = narrowed_note(culprits, slow)
+    results = {name: [with_note(c, note) for c in checks] for name, checks in results.items()}
+    for name, seconds in slow.items():
+        if name in results:
+            results[name][0] = slow_result(name, seconds, group)
+    if bandwidth and not final.measured:
+        for checks in results.values():
+            checks.append(unmeasured_bandwidth(group))
+    return results, measured
 
 
 def pointed_at(attempt: Attempt) -> list[str]:
