@@ -106,13 +106,15 @@ def isolate(members: Sequence[T], attempt: Attempt, budget: Budget,
     if together.ok:
         found.final = together
         return found
-    guessed, company = suspected(rest, together, attempt, budget, key, hint) if hint else ({},
-                                                                                         None)
-    found.culprits.update(guessed or split(rest, together, attempt, budget, key, hint))
-    left_over = [m for m in rest if key(m) not in found.culprits]
-    if guessed and company is not None and len(left_over) == len(rest) - len(guessed):
+    guessed, company = suspected(rest, together, attempt, budget, key, hint) if hint \
+        else ({}, None)
+    if guessed:
+        found.culprits.update(guessed)
         found.final = company  # the others' own run, which passed
-    elif found.culprits and left_over and budget.allows():
+        return found
+    found.culprits.update(split(rest, together, attempt, budget, key, hint))
+    left_over = [m for m in rest if key(m) not in found.culprits]
+    if found.culprits and left_over and budget.allows():
         found.final = attempt(left_over, budget.left())
     return found
 
