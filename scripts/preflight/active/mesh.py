@@ -59,13 +59,15 @@ CONFIRM_FACTOR = 2.0
 CONFIRM_PROBES = 200  # loss probes per peer in the second round: few peers, so more each
 LOSS_PROBES = 12000  # loss probes over all pairs of the first round, each way ...
 LOSS_PER_PEER = (20, 200)  # ... within these bounds per peer
+LOSS_PEERS = 16  # each host sends bursts to this many others (and gets them from as many)
 
 
 def loss_probes(hosts: int) -> int:
-    """Loss probes per peer: a fixed total shared by the n(n-1) directed pairs, within bounds
-    (about 1,500 round trips per host from 10 hosts up, enough to see 0.1%)."""
+    """Loss probes per measured peer: a fixed total shared by the directed pairs measured (each
+    host to up to LOSS_PEERS others), within bounds."""
     low, high = LOSS_PER_PEER
-    return max(low, min(high, LOSS_PROBES // max(1, hosts * (hosts - 1))))
+    pairs = hosts * min(LOSS_PEERS, hosts - 1)
+    return max(low, min(high, LOSS_PROBES // max(1, pairs)))
 
 
 def judge(outcome: MeshOutcome) -> dict[str, list[CheckResult]]:
@@ -186,14 +188,21 @@ def probe_all(live: list[Agent], hosts: list[MeshHost], ready: Mapping[str, dict
     """Phase 2: each agent gets its peers and a time budget, and tests them all at once."""
     budget_s = max(deadline - time.monotonic() - RESULT_MARGIN_S, 1.0)
     for agent in live:
-        agent.send(json.dumps({**peers_command(agent.host.name, hosts, ready, budget_s),
-                               "loss_probes": loss_per_peer}))
+        agent.send(json.dumps(peers_command(agent.host.name, hosts, ready, budget_s,
+                                            loss_per_peer)))
     return fan_out(live, lambda a: a.wait_event("result", deadline))
 
 
 def peers_command(name: str, hosts: list[MeshHost], ready: Mapping[str, dict | None],
-                  budget_s: float) -> dict:
+                  budget_s: float, loss_per_peer: int = 0) -> dict:
+    """Every peer for TCP and the MTU; loss bursts to the LOSS_PEERS hosts after this one in
+    the ring of hosts (all of them up to LOSS_PEERS + 1 hosts), so that each host is in
+    2 * LOSS_PEERS measured pairs however many hosts there are."""
+    order = [h.name for h in hosts]
+    at = order.index(name)
+    lossy = {order[(at + k) % len(order)] for k in range(1, min(LOSS_PEERS, len(order) - 1) + 1)}
     peers = [{"label": h.name, "address": h.address, "tcp_port": ready[h.name]["tcp_port"],
-              "udp_port": ready[h.name]["udp_port"], "mtu": ready[h.name].get("mtu", h.mtu)}
+              "udp_port": ready[h.name]["udp_port"], "mtu": ready[h.name].get("mtu", h.mtu),
+              "loss_probes": loss_per_peer if h.name in lossy else 0}
              for h in hosts if h.name != name and ready.get(h.name)]
     return {"peers": peers, "budget_s": round(budget_s, 2)}

@@ -4,8 +4,8 @@ Standard library only: it is sent as `python -c <this file>` over ssh, so nothin
 installed on the host. It talks to the runner (active/mesh.py) in JSON lines:
 
     agent -> {"event": "ready", "label", "tcp_port", "udp_port", "mtu"}
-    orch  -> {"peers": [{"label", "address", "tcp_port", "udp_port", "mtu"}], "budget_s",
-              "loss_probes"}
+    orch  -> {"peers": [{"label", "address", "tcp_port", "udp_port", "mtu", "loss_probes"}],
+              "budget_s"}
     agent -> {"event": "result", "label", "mtu", "peers": [{"peer", "tcp", "port", "rtt_ms",
               "mtu_ok", "path_mtu", "mtu_error", "mtu_state", "loss_sent", "loss_echoed"}]}
     orch  -> "done" (or closes stdin): the agent stops serving and exits.
@@ -289,14 +289,13 @@ def loss_probe(source: str, peer: dict, count: int, deadline: float) -> dict:
     return {"loss_sent": sent, "loss_echoed": echoed}
 
 
-def probe_peer(source: str, own_mtu: int, peer: dict, deadline: float, loss_probes: int
-               ) -> dict:
+def probe_peer(source: str, own_mtu: int, peer: dict, deadline: float) -> dict:
     """TCP, MTU and loss towards one peer, side by side: each may need the whole time budget
     (a dropped SYN, a silently dropped datagram)."""
     with ThreadPoolExecutor(max_workers=3) as pool:
         tcp = pool.submit(tcp_probe, source, peer, deadline)
         mtu = pool.submit(mtu_probe, source, own_mtu, peer, deadline)
-        loss = pool.submit(loss_probe, source, peer, loss_probes, deadline)
+        loss = pool.submit(loss_probe, source, peer, int(peer.get("loss_probes", 0)), deadline)
         return {"peer": peer["label"], "port": peer["tcp_port"], **tcp.result(), **mtu.result(),
                 **loss.result()}
 
@@ -343,10 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     command = read_command()
     if command is not None:
         deadline = time.monotonic() + float(command.get("budget_s", 5))
-        peers, loss_probes = command.get("peers", []), int(command.get("loss_probes", 0))
+        peers = command.get("peers", [])
         with ThreadPoolExecutor(max_workers=max(1, min(32, len(peers)))) as pool:
-            results = list(pool.map(
-                lambda p: probe_peer(args.address, mtu, p, deadline, loss_probes), peers))
+            results = list(pool.map(lambda p: probe_peer(args.address, mtu, p, deadline), peers))
         emit({"event": "result", "label": args.label, "mtu": mtu, "peers": results})
         read_command()  # keep serving the other agents' probes until told to stop
     return 0

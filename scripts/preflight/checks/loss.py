@@ -1,10 +1,11 @@
 """loss.path: how many small datagrams the paths between the hosts lose, at random.
 
-The mesh agents (active/mesh.py) send each peer a paced burst of small UDP datagrams to its echo
-and count what comes back: a round trip crosses both hosts' links, so a host whose cable, NIC or
-switch port loses packets shows on every pair it is on. The host explaining the loss is found by
-peeling: the host with the highest loss over its pairs is taken, its pairs set aside, and the
-others judged on what is left (a healthy host's only lossy pair is the one with the bad host).
+The mesh agents (active/mesh.py) send up to 16 peers each a paced burst of small UDP datagrams
+to its echo and count what comes back: a round trip crosses both hosts' links, so a host whose
+cable, NIC or switch port loses packets shows on every pair it is on. The host explaining the
+loss is found by peeling: the host with the highest loss over its pairs is taken, its pairs set
+aside, and the others judged on what is left (a healthy host's only lossy pair is the one with
+the bad host).
 
 Thresholds, from what loss does to an allreduce over TCP: a lost segment with more data behind
 it is resent within a round trip, but one near the end of a message (no duplicate ACKs follow)
