@@ -331,3 +331,31 @@ def test_one_host_is_no_mesh(ssh):
         ("mesh.tcp", Status.SKIP, "one host: no mesh"),
         ("mtu.path", Status.SKIP, "one host: no mesh"),
         ("loss.path", Status.SKIP, "one host: no mesh")]
+
+
+# --- the second round: confirm before condemning ------------------------------------------------
+
+def test_a_verdict_that_passes_in_the_second_round_warns_and_says_both_rounds():
+    from preflight.active.mesh import confirmed
+    from preflight.result import failed, passed
+
+    first = [failed("mesh.tcp", "TCP to h3 port 40000 timed out from h1", "open the ports"),
+             passed("mtu.path", "1500-byte packets cross"), passed("loss.path", "0 of 600")]
+    again = [passed("mesh.tcp", "TCP on eth0 above port 1024 reaches 3 peers"),
+             passed("mtu.path", "1500-byte packets cross"), passed("loss.path", "0 of 600")]
+    result = confirmed(first, again, "with h1, h2, h4", 20)
+    assert [r.status for r in result] == [Status.WARN, Status.PASS, Status.PASS]
+    assert result[0].detail == ("TCP on eth0 above port 1024 reaches 3 peers, but only in a "
+                                "second round (with h1, h2, h4, 20 s); the first, with every "
+                                "host at once, found: TCP to h3 port 40000 timed out from h1")
+
+
+def test_a_verdict_seen_again_in_the_second_round_stands_and_says_so():
+    from preflight.active.mesh import confirmed
+    from preflight.result import failed
+
+    first = [failed("loss.path", "60 of 600 (10.0%) lost", "check the cable")]
+    again = [failed("loss.path", "80 of 800 (10.0%) lost", "check the cable")]
+    result = confirmed(first, again, "with h1, h2", 20)
+    assert result[0].status is Status.FAIL
+    assert result[0].detail == "80 of 800 (10.0%) lost (seen again in a second round, with h1, h2)"
