@@ -1,10 +1,14 @@
 """preflight: check the hosts for distributed training, then write the hostfile and a report.
 
 Checks each host's ssh login, names, interfaces, software, resources and clock from one probe
-per host, picks the interface every host reaches every other through, then tests TCP and the
-path MTU between the healthy hosts and runs an MPI allreduce over them. With --bandwidth it also
-measures MPI bandwidth per host pair and draws latency and bandwidth as two heatmaps beside the
-report (preflight.json -> preflight-network.png).
+per host, picks the interface every host reaches every other through, then tests TCP, the path
+MTU and packet loss between the healthy hosts and runs an MPI allreduce over them. With
+--bandwidth it also measures MPI bandwidth per host pair and draws latency and bandwidth as two
+heatmaps beside the report (preflight.json -> preflight-network.png).
+
+A host that times out is tried again after the others before it fails (passing then is a
+warning), and a group test that fails is narrowed to the hosts behind it by runs of fewer
+hosts: one bad host does not cost the healthy ones their place (README: How a host is blamed).
 
 Exit codes: 0 every host healthy; 1 some hosts are out (the hostfile lists the healthy ones;
 with none healthy no hostfile is written and an old one is removed); 2 bad input (nothing
@@ -62,7 +66,8 @@ def parser() -> argparse.ArgumentParser:
                    help="list each host's ARP/neighbour-table entries as candidate hosts "
                         "(reads the tables only; never sweeps a subnet)")
     p.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0,
-                   help="time limit of each step per host (default: 10)")
+                   help="time limit of each step per host (default: 10); a host that "
+                        "misses it is tried again once, after the others")
     p.add_argument("--show", choices=["interfaces"], action="append", default=[],
                    help="also print every host's interfaces (addresses and their class, MAC, "
                         "MTU, speed, physical or virtual), the job's marked with *")
