@@ -26,6 +26,13 @@ AGENT_SOURCE = source("mesh_agent")
 LAUNCHER = 'p="$1"; shift; [ -x "$p" ] || p=python3; exec "$p" "$@"'
 READY_SHARE = 0.5  # of the timeout, for every agent to start and report its ports
 RESULT_MARGIN_S = 1.0  # of the timeout, for the agents' results to come back
+DOUBTFUL = (Status.FAIL, Status.WARN)
+COMPANY = 3  # hosts that passed, to try the suspects with
+CONFIRM_FACTOR = 2.0
+CONFIRM_PROBES = 200  # loss probes per peer in the second round: few peers, so more each
+LOSS_PROBES = 12000  # loss probes over all pairs of the first round, each way ...
+LOSS_PER_PEER = (20, 200)  # ... within these bounds per peer
+LOSS_PEERS = 16  # each host sends bursts to this many others (and gets them from as many)
 
 
 def run_mesh(ssh: Ssh, hosts: list[MeshHost], python_for: Callable[[str], str] | None = None,
@@ -51,15 +58,6 @@ def run_mesh(ssh: Ssh, hosts: list[MeshHost], python_for: Callable[[str], str] |
                  else "with " + ", ".join(h.name for h in company))
     return {h.name: (confirmed(first[h.name], again[h.name], with_whom, CONFIRM_FACTOR *
                                timeout_s) if h in suspects else first[h.name]) for h in hosts}
-
-
-DOUBTFUL = (Status.FAIL, Status.WARN)
-COMPANY = 3  # hosts that passed, to try the suspects with
-CONFIRM_FACTOR = 2.0
-CONFIRM_PROBES = 200  # loss probes per peer in the second round: few peers, so more each
-LOSS_PROBES = 12000  # loss probes over all pairs of the first round, each way ...
-LOSS_PER_PEER = (20, 200)  # ... within these bounds per peer
-LOSS_PEERS = 16  # each host sends bursts to this many others (and gets them from as many)
 
 
 def loss_probes(hosts: int) -> int:
