@@ -30,7 +30,7 @@ DOUBTFUL = (Status.FAIL, Status.WARN)
 COMPANY = 3  # hosts that passed, to try the suspects with
 CONFIRM_FACTOR = 2.0
 CONFIRM_PROBES = 200  # loss probes per peer in the second round: few peers, so more each
-LOSS_PROBES = 12000  # loss probes over all pairs of the first round, each way ...
+LOSS_PROBES = 12000  # loss probes over the measured pairs of the first round, each way ...
 LOSS_PER_PEER = (20, 200)  # ... within these bounds per peer
 LOSS_PEERS = 16  # each host sends bursts to this many others (and gets them from as many)
 
