@@ -250,22 +250,27 @@ def session_dir() -> dict:
     return found
 
 
-def missing_libraries(daemon_path: str | None) -> dict[str, list[str]]:
-    """{program or module: [shared libraries ldd cannot find]} for the daemon and mpi4py's MPI
-    extension (what a rank loads), where any is missing. mpi4py 4 ships one extension per MPI
-    ABI (MPI.openmpi..., MPI.mpich...) and loads the one whose library is there: one complete
-    variant is enough."""
+def missing_libraries(daemon: dict) -> dict[str, list[str]]:
+    """{program or module: [shared libraries ldd cannot find]} for the daemon (when it does not
+    start: one that does found its libraries) and mpi4py's MPI extension (what a rank loads),
+    where any is missing. mpi4py 4 ships one extension per MPI ABI (MPI.openmpi...,
+    MPI.mpich...) and loads the one whose library is there: one complete variant is enough."""
     missing = {}
-    if daemon_path:
-        lost = unresolved(daemon_path)
+    if daemon.get("path") and not daemon.get("runs"):
+        lost = unresolved(daemon["path"])
         if lost:
-            missing[daemon_path] = lost
+            missing[daemon["path"]] = lost
     spec = importlib.util.find_spec("mpi4py")
     entries = (spec.submodule_search_locations or []) if spec is not None else []
-    variants = [path for entry in entries
-                for path in sorted(glob.glob(os.path.join(entry, "MPI*.so")))]
-    lost_by_variant = {path: unresolved(path) for path in variants}
-    if lost_by_variant and all(lost_by_variant.values()):
+    variants = sorted((path for entry in entries
+                       for path in glob.glob(os.path.join(entry, "MPI*.so"))),
+                      key=lambda path: "openmpi" not in os.path.basename(path))
+    lost_by_variant: dict[str, list[str]] = {}
+    for path in variants:  # Open MPI's first: the one this project uses
+        lost_by_variant[path] = unresolved(path)
+        if not lost_by_variant[path]:
+            return missing
+    if lost_by_variant:
         fewest = min(lost_by_variant, key=lambda path: len(lost_by_variant[path]))
         missing[fewest] = lost_by_variant[fewest]
     return missing
@@ -280,7 +285,7 @@ def unresolved(path: str) -> list[str]:
 def daemon_needs() -> dict:
     daemon = mpi_daemon()
     return {"daemon": daemon, "session_dir": session_dir(),
-            "missing_libraries": missing_libraries(daemon.get("path"))}
+            "missing_libraries": missing_libraries(daemon)}
 
 
 def horovod_build() -> dict[str, bool] | None:

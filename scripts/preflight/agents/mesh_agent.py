@@ -45,7 +45,8 @@ SEARCH_STEPS = 8
 CONFIRM_TRIES = 10
 LIMIT_PASSES = 4
 BURST_GAP_S = 0.01  # between the datagrams of a confirmation burst
-STRAGGLER_S = 0.3  # how long echoes are awaited after a burst's last datagram
+STRAGGLER_S = 0.3  # how long echoes are awaited after a burst's last datagram ...
+LOSS_STRAGGLER_S = 1.0  # ... and after a loss burst's: on a loaded host a late echo is no loss
 LOSS_SIZE = 64  # bytes of a loss probe: small, so loss and not the MTU is what it sees
 LOSS_GAP_S = 0.002  # between loss probes: 500 a second, far below what any link carries
 ECHO_BUFFER = 4 << 20  # the echo's receive queue (the kernel caps it at net.core.rmem_max)
@@ -202,13 +203,14 @@ def largest_passing(sock: socket.socket, low: int, high: int, deadline: float) -
 
 
 def echo_count(sock: socket.socket, size: int, tries: int, deadline: float,
-               gap_s: float = BURST_GAP_S) -> tuple[int, int]:
+               gap_s: float = BURST_GAP_S, straggler_s: float = STRAGGLER_S
+               ) -> tuple[int, int]:
     """(echoed, sent): a burst of `tries` datagrams of `size` bytes (an MTU: headers included),
-    each with its own token, then a short wait for the echoes."""
+    each with its own token, then up to straggler_s for the echoes still out."""
     payload_size = max(HEADERS + 8, min(size, MAX_PAYLOAD + HEADERS)) - HEADERS
     tokens, seen, sent = set(), set(), 0
     for _ in range(tries):
-        if time.monotonic() + STRAGGLER_S > deadline:
+        if time.monotonic() + straggler_s > deadline:
             break
         token = os.urandom(8)
         try:
@@ -218,7 +220,7 @@ def echo_count(sock: socket.socket, size: int, tries: int, deadline: float,
         tokens.add(token)
         sent += 1
         drain(sock, tokens, seen, time.monotonic() + gap_s)
-    drain(sock, tokens, seen, min(deadline, time.monotonic() + STRAGGLER_S), all_of=tokens)
+    drain(sock, tokens, seen, min(deadline, time.monotonic() + straggler_s), all_of=tokens)
     return len(seen), sent
 
 
@@ -285,19 +287,19 @@ def loss_probe(source: str, peer: dict, count: int, deadline: float) -> dict:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((source, 0))
         sock.connect((peer["address"], peer["udp_port"]))
-        echoed, sent = echo_count(sock, LOSS_SIZE, count, deadline, LOSS_GAP_S)
+        echoed, sent = echo_count(sock, LOSS_SIZE, count, deadline, LOSS_GAP_S,
+                                  LOSS_STRAGGLER_S)
     return {"loss_sent": sent, "loss_echoed": echoed}
 
 
 def probe_peer(source: str, own_mtu: int, peer: dict, deadline: float) -> dict:
-    """TCP, MTU and loss towards one peer, side by side: each may need the whole time budget
-    (a dropped SYN, a silently dropped datagram)."""
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    """TCP, and the MTU then loss, towards one peer, side by side: each may need the whole time
+    budget (a dropped SYN, a silently dropped datagram)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
         tcp = pool.submit(tcp_probe, source, peer, deadline)
-        mtu = pool.submit(mtu_probe, source, own_mtu, peer, deadline)
-        loss = pool.submit(loss_probe, source, peer, int(peer.get("loss_probes", 0)), deadline)
-        return {"peer": peer["label"], "port": peer["tcp_port"], **tcp.result(), **mtu.result(),
-                **loss.result()}
+        udp = pool.submit(lambda: {**mtu_probe(source, own_mtu, peer, deadline), **loss_probe(
+            source, peer, int(peer.get("loss_probes", 0)), deadline)})
+        return {"peer": peer["label"], "port": peer["tcp_port"], **tcp.result(), **udp.result()}
 
 
 def listen(address: str, kind: int) -> socket.socket:
@@ -308,8 +310,12 @@ def listen(address: str, kind: int) -> socket.socket:
     else:
         dont_fragment(sock)
         # Every peer's loss burst arrives here at once: a queue that overflows while this
-        # thread waits for a core would read as loss on the network.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ECHO_BUFFER)
+        # thread waits for a core would read as loss on the network. Root may pass rmem_max.
+        force = getattr(socket, "SO_RCVBUFFORCE", None)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force or socket.SO_RCVBUF, ECHO_BUFFER)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ECHO_BUFFER)
     return sock
 
 
