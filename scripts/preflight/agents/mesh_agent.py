@@ -26,6 +26,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Container
 from concurrent.futures import ThreadPoolExecutor
 
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)  # Linux values
@@ -224,8 +225,8 @@ def echo_count(sock: socket.socket, size: int, tries: int, deadline: float,
     return len(seen), sent
 
 
-def drain(sock: socket.socket, tokens: set, seen: set, until: float,
-          all_of: set | None = None) -> None:
+def drain(sock: socket.socket, tokens: Container[bytes], seen: set[bytes], until: float,
+          all_of: set[bytes] | None = None) -> None:
     """Collects echoed tokens until `until`, or until every token of all_of came back."""
     while time.monotonic() < until and not (all_of is not None and seen >= all_of):
         sock.settimeout(max(0.0005, until - time.monotonic()))
@@ -280,26 +281,46 @@ def mtu_answer(state: str, path_mtu: int | None, error: str = "",
             "mtu_state": state, "mtu_counts": counts or {}}
 
 
-def loss_probe(source: str, peer: dict, count: int, deadline: float) -> dict:
-    """A burst of small datagrams to the peer's echo, paced: how many came back."""
-    if count <= 0:
-        return {"loss_sent": 0, "loss_echoed": 0}
+def loss_bursts(source: str, peers: list[dict], deadline: float) -> dict[str, dict]:
+    """Per peer label, {"loss_sent", "loss_echoed"}: paced bursts of small datagrams to the
+    peers that ask for them ("loss_probes"), all from one socket in one thread (a thread per
+    peer, each waking every few milliseconds, costs a loaded host more than the probes)."""
+    counts = {p["label"]: {"loss_sent": 0, "loss_echoed": 0} for p in peers}
+    targets = [p for p in peers if int(p.get("loss_probes", 0)) > 0]
+    if not targets:
+        return counts
+    owner: dict[bytes, str] = {}
+    seen: set[bytes] = set()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((source, 0))
-        sock.connect((peer["address"], peer["udp_port"]))
-        echoed, sent = echo_count(sock, LOSS_SIZE, count, deadline, LOSS_GAP_S,
-                                  LOSS_STRAGGLER_S)
-    return {"loss_sent": sent, "loss_echoed": echoed}
+        for index in range(max(int(p["loss_probes"]) for p in targets)):
+            if time.monotonic() + LOSS_STRAGGLER_S > deadline:
+                break
+            for peer in targets:
+                if index < int(peer["loss_probes"]):
+                    token = os.urandom(8)
+                    try:
+                        sock.sendto(token + bytes(LOSS_SIZE - HEADERS - len(token)),
+                                    (peer["address"], peer["udp_port"]))
+                    except OSError:
+                        continue
+                    owner[token] = peer["label"]
+                    counts[peer["label"]]["loss_sent"] += 1
+            drain(sock, owner, seen, time.monotonic() + LOSS_GAP_S)
+        drain(sock, owner, seen, min(deadline, time.monotonic() + LOSS_STRAGGLER_S),
+              all_of=set(owner))
+    for token in seen:
+        counts[owner[token]]["loss_echoed"] += 1
+    return counts
 
 
 def probe_peer(source: str, own_mtu: int, peer: dict, deadline: float) -> dict:
-    """TCP, and the MTU then loss, towards one peer, side by side: each may need the whole time
-    budget (a dropped SYN, a silently dropped datagram)."""
+    """TCP and the MTU towards one peer, side by side: each may need the whole time budget (a
+    dropped SYN, a silently dropped datagram)."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         tcp = pool.submit(tcp_probe, source, peer, deadline)
-        udp = pool.submit(lambda: {**mtu_probe(source, own_mtu, peer, deadline), **loss_probe(
-            source, peer, int(peer.get("loss_probes", 0)), deadline)})
-        return {"peer": peer["label"], "port": peer["tcp_port"], **tcp.result(), **udp.result()}
+        mtu = pool.submit(mtu_probe, source, own_mtu, peer, deadline)
+        return {"peer": peer["label"], "port": peer["tcp_port"], **tcp.result(), **mtu.result()}
 
 
 def listen(address: str, kind: int) -> socket.socket:
@@ -349,8 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     if command is not None:
         deadline = time.monotonic() + float(command.get("budget_s", 5))
         peers = command.get("peers", [])
-        with ThreadPoolExecutor(max_workers=max(1, min(32, len(peers)))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(32, len(peers))) + 1) as pool:
+            lost = pool.submit(loss_bursts, args.address, peers, deadline)
             results = list(pool.map(lambda p: probe_peer(args.address, mtu, p, deadline), peers))
+            results = [{**r, **lost.result()[r["peer"]]} for r in results]
         emit({"event": "result", "label": args.label, "mtu": mtu, "peers": results})
         read_command()  # keep serving the other agents' probes until told to stop
     return 0
