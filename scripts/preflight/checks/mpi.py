@@ -120,7 +120,7 @@ def remedy_for(name: str, run: Ran, cidr: str) -> str:
     """What to look at on a host found at fault by isolation."""
     if not run.timed_out:
         return explain_exit(run, [name])[1]
-    return (f"check what Open MPI needs on {name}: its daemon (ssh {name} orted --version), a "
+    return (f"check what Open MPI needs on {name}: its daemon (ssh {name} orted --help), a "
             f"writable session directory ($TMPDIR or /tmp), the venv's Python, and that {name} "
             f"reaches this machine and the other hosts on {cidr} over TCP ports above 1024; "
             f"or leave {name} out")
