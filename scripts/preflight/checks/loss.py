@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..result import CheckResult, failed, passed, skipped, warned
-from .mesh import MeshHost, PeerProbe
+from .mesh import MeshHost, PeerProbe, not_measured
 
 FAMILY = "loss"
 CHECK_ID = "loss.path"
@@ -101,8 +101,7 @@ def loss_results(hosts: Iterable[MeshHost], probes: Iterable[PeerProbe],
     results: dict[str, CheckResult] = {}
     for host in hosts:
         if host.name in not_started:
-            results[host.name] = skipped(CHECK_ID, "not measured: the mesh agent did not run "
-                                         "(see mesh.tcp)")
+            results[host.name] = not_measured(CHECK_ID)
         elif host.name in blamed:
             results[host.name] = loss_verdict(host, blamed[host.name], pairs, blamed)
         else:

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..result import CheckResult, failed, passed
+from ..result import CheckResult, failed, passed, skipped
 from .blame import blame
 
 FAMILY = "mesh"
@@ -109,6 +109,11 @@ def tcp_results(outcome: MeshOutcome) -> dict[str, CheckResult]:
         else:
             results[host.name] = tcp_pass(host, outcome, culprits)
     return results
+
+
+def not_measured(check_id: str) -> CheckResult:
+    """The verdict of a pairwise check (mtu.path, loss.path) on a host whose agent never ran."""
+    return skipped(check_id, "not measured: the mesh agent did not run (see mesh.tcp)")
 
 
 def not_started_result(name: str, why: str) -> CheckResult:

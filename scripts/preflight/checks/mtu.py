@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 
 from ..result import CheckResult, failed, passed, skipped, warned
 from .blame import blame
-from .mesh import MeshHost, PeerProbe
+from .mesh import MeshHost, PeerProbe, not_measured
 
 FAMILY = "mtu"
 CHECK_ID = "mtu.path"
@@ -47,8 +47,7 @@ def mtu_results(hosts: Iterable[MeshHost], mtus: Mapping[str, int], probes: Iter
     results: dict[str, CheckResult] = {}
     for host in hosts:
         if host.name in not_started:
-            results[host.name] = skipped(CHECK_ID, "not measured: the mesh agent did not run "
-                                         "(see mesh.tcp)")
+            results[host.name] = not_measured(CHECK_ID)
         elif host.name in lossy:
             results[host.name] = skipped(CHECK_ID, "not judged: its paths lose packets at "
                                          "random (see loss.path), full-size ones too")
