@@ -28,7 +28,8 @@ from pathlib import Path
 from rich.console import Console
 
 from . import inventory as inv
-from . import pictures, pipeline, report, slurm
+from . import pictures, pipeline, proc, report, slurm
+from .cost import Phases
 from .errors import Exit, UserError, render
 
 
@@ -134,9 +135,12 @@ def draw_picture(outcome: pipeline.Outcome, report_path: Path, say: report.Progr
 
 def run(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
-    inventory, note = load_inventory(args, os.environ)
+    phases = Phases()
+    with phases.phase("inventory"):
+        inventory, note = load_inventory(args, os.environ)
     inv.check_duplicates(inventory)
     check_outputs(args)
+    proc.raise_open_files(len(inventory.names))  # before any ssh session is opened
     out = Console(stderr=args.json, highlight=False)
     if not out.is_terminal:  # a log or a pipe: do not squeeze the table to 80 columns
         out.width = max(out.width, report.PLAIN_WIDTH)
@@ -148,7 +152,7 @@ def run(argv: list[str] | None) -> int:
                                mpi=not args.no_mpi, neighbours=args.neighbours,
                                elastic=args.elastic, deep=args.deep)
     with progress.running():
-        outcome = pipeline.run(inventory, options, progress)
+        outcome = pipeline.run(inventory, options, progress, phases)
     outcome, written = report.write_outputs(outcome, args.hostfile, args.report,
                                             inventory.source, inventory.origin.as_dict())
     picture = draw_picture(outcome, args.report, progress) if args.bandwidth else None

@@ -8,6 +8,7 @@ A host that fails a step is left out of the steps after it, and gets `skip` ther
 from __future__ import annotations
 
 import dataclasses
+import random
 import statistics
 import sys
 import time
@@ -22,9 +23,11 @@ from .active import deep
 from .active import mesh as mesh_runner
 from .active import mpi as mpi_runner
 from .agents import parse_event
+from .agents.mpi_probe import ALL_PAIRS_UP_TO, MATCHINGS, partners
 from .checks import loss, mesh, mpi, mtu, resolve
 from .checks.context import Context
 from .choice import InterfaceChoice, choose_interface
+from .cost import Phases
 from .errors import UserError
 from .facts import Facts, HostProbe, Interface
 from .inventory import Host, Inventory
@@ -46,6 +49,7 @@ PARKED = "parked"  # the probe's line after its facts (agents/host_probe.py, --s
 FAN_OUT = 32  # probes at once
 STRAGGLER_MIN_S = 2.0  # a host is a straggler once it took this long, and
 STRAGGLER_FACTOR = 3.0  # this many times the median answer
+MPI_SPLIT = ("launch_s", "pairs_s", "collectives_s")  # active/mpi.py phase_seconds()
 MESH_IDS = (mesh.CHECK_ID, mtu.CHECK_ID, loss.CHECK_ID)  # what the mesh step gives each host
 
 
@@ -60,6 +64,7 @@ class Options:
     python: str = sys.executable
     project: str = str(PROJECT_DIR)
     script: str = str(TRAIN_SCRIPT)
+    seed: int | None = None  # of the random pairings beyond ALL_PAIRS_UP_TO hosts; None: new
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,8 @@ class Outcome:
     candidates: tuple[dict, ...] = ()  # neighbour-table entries that are not inventory hosts
     checks_run: tuple[str, ...] = ()
     interfaces: Mapping[str, tuple[Interface, ...]] = field(default_factory=dict)  # per host
+    sampling: dict = field(default_factory=dict)  # which pairs the pairwise steps measured
+    phases: dict = field(default_factory=dict)  # phase -> wall_s, launcher_cpu_s (cost.py)
 
 
 def probe_argv(names: list[str], options: Options) -> list[str]:
@@ -170,22 +177,29 @@ def parse_facts(stdout: str) -> tuple[Facts | None, str | None]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def run(inventory: Inventory, options: Options, say: Say = lambda _: None) -> Outcome:
+def run(inventory: Inventory, options: Options, say: Say = lambda _: None,
+        phases: Phases | None = None) -> Outcome:
     names = inventory.names
     results: dict[str, list[CheckResult]] = {name: [] for name in names}
     with Ssh(connect_timeout_s=max(1, int(options.timeout_s * 0.6))) as ssh:
+        phases = phases or Phases()
+        phases.marker = ssh.control_dir
         say(f"probing {len(names)} host(s)")
         started = time.monotonic()
         argv, source = probe_argv(names, options), agents.source("host_probe")
         retries: list[Future] = []  # second tries nobody waits for: done before ssh closes
-        probes = probe_hosts(names, lambda h: probe_host(ssh, h, argv, source,
-                                                           options.timeout_s), retries)
+        with phases.phase("probe"):
+            probes = probe_hosts(names, lambda h: probe_host(ssh, h, argv, source,
+                                                               options.timeout_s), retries)
         facts = {h: p.facts for h, p in probes.items() if p.facts is not None}
         say(f"facts from {len(facts)} of {len(names)} host(s) in "
             f"{time.monotonic() - started:.1f} s")
-        slots = host_slots(inventory.hosts, facts)
-        choice = host_checks(inventory, probes, facts, slots, options, results)
-        matrices = active_tests(ssh, choice, slots, options, results, say)
+        with phases.phase("checks"):
+            slots = host_slots(inventory.hosts, facts)
+            choice = host_checks(inventory, probes, facts, slots, options, results)
+        seed = random.randrange(2**31) if options.seed is None else options.seed
+        options = dataclasses.replace(options, seed=seed)
+        matrices, sampled = active_tests(ssh, choice, slots, options, results, say, phases)
         wait(retries)
     report = Report(
         hosts=tuple(HostReport(n, choice.addresses.get(n) or first_address(n, facts), slots[n],
@@ -193,7 +207,19 @@ def run(inventory: Inventory, options: Options, say: Say = lambda _: None) -> Ou
         interface=choice.interface, interface_cidr=choice.cidr)
     checks_run = tuple(dict.fromkeys(c.id for n in names for c in results[n]))
     return Outcome(report, choice, matrices, candidates(facts, names), checks_run,
-                   {n: facts[n].interfaces for n in names if n in facts})
+                   {n: facts[n].interfaces for n in names if n in facts},
+                   sampled, phases.as_dict())
+
+
+def sampling(hosts: int, seed: int) -> dict:
+    """Which pairs the mesh step (mesh, MTU, loss) measured between `hosts` hosts, for the
+    report; the MPI pairs follow the same design over the hosts left."""
+    pairs = sum(len(p) for p in partners(hosts, seed)) // 2
+    every = hosts * (hosts - 1) // 2
+    if hosts <= ALL_PAIRS_UP_TO:
+        return {"design": "all pairs", "hosts": hosts, "pairs": pairs, "of": every}
+    return {"design": f"ring + {MATCHINGS} random perfect matchings", "hosts": hosts,
+            "pairs": pairs, "of": every, "seed": seed, "all_pairs_up_to": ALL_PAIRS_UP_TO}
 
 
 def host_slots(hosts: tuple[Host, ...], facts: Mapping[str, Facts]) -> dict[str, int]:
@@ -231,17 +257,25 @@ def healthy(names: list[str], results: Mapping[str, list[CheckResult]]) -> list[
 
 
 def active_tests(ssh: Ssh, choice: InterfaceChoice, slots: Mapping[str, int], options: Options,
-                 results: dict[str, list[CheckResult]], say: Say) -> dict:
+                 results: dict[str, list[CheckResult]], say: Say, phases: Phases
+                 ) -> tuple[dict, dict]:
+    """The mesh, MPI (and deep) steps; their MPI measurements, and what the mesh sampled."""
     names = list(results)
     ready = [n for n in healthy(names, results) if n in choice.names]
     # The probes' sessions of the hosts left out end now; the mesh agents take the others'.
     ssh.release(keep=ready if len(ready) > 1 else ())
-    mesh_results = run_mesh_step(ssh, choice, ready, options, say)
+    with phases.phase("mesh"):  # TCP, MTU and loss: one run of the agents
+        mesh_results = run_mesh_step(ssh, choice, ready, options, say)
+    sampled = sampling(len(ready), options.seed or 0) if len(ready) > 1 else {}
     for name in names:
         results[name] += mesh_results.get(name) or [
             skipped(check_id, "not run: failed earlier checks") for check_id in MESH_IDS]
     ready = [n for n in healthy(names, results) if n in choice.names]
-    mpi_results, matrices = run_mpi_step(choice, ready, slots, options, say, ssh.reuse_args())
+    with phases.phase("mpi"):
+        mpi_results, matrices = run_mpi_step(choice, ready, slots, options, say,
+                                             ssh.reuse_args())
+    if "mpi" in phases.rows:  # the last MPI run's split, by the probe's clock
+        phases.rows["mpi"].update({k: matrices[k] for k in MPI_SPLIT if k in matrices})
     for name in names:
         results[name] += mpi_results.get(name) or [
             skipped(mpi.ALLREDUCE, "not run: failed earlier checks")]
@@ -251,7 +285,7 @@ def active_tests(ssh: Ssh, choice: InterfaceChoice, slots: Mapping[str, int], op
         for name in names:
             results[name] += deep_results.get(name) or [
                 skipped(mpi.HOROVOD, "not run: failed earlier checks")]
-    return matrices
+    return matrices, sampled
 
 
 def run_deep_step(choice: InterfaceChoice, ready: list[str], options: Options, say: Say
@@ -281,7 +315,7 @@ def run_mesh_step(ssh: Ssh, choice: InterfaceChoice, ready: list[str], options: 
              for n in ready]
     try:
         found = mesh_runner.run_mesh(ssh, hosts, python_for=lambda _host: options.python,
-                              timeout_s=options.timeout_s)
+                              timeout_s=options.timeout_s, seed=options.seed or 0)
     except Exception as exc:  # a bug in a test must not pass for a healthy network
         return crashed(ready, mesh.CHECK_ID, exc)
     return {n: list(found.get(n) or [skipped(mesh.CHECK_ID, "no result")]) for n in ready}
@@ -300,7 +334,8 @@ def run_mpi_step(choice: InterfaceChoice, ready: list[str], slots: Mapping[str, 
         found, matrices = mpi_runner.run_mpi(hosts, choice.interface or "", choice.cidr or "",
                                       options.python, bandwidth=options.bandwidth,
                                       timeout_s=max(30.0, 3 * options.timeout_s),
-                                      ssh_args=ssh_args, alone_s=options.timeout_s)
+                                      ssh_args=ssh_args, alone_s=options.timeout_s,
+                                      seed=options.seed or 0)
     except Exception as exc:
         return crashed(ready, mpi.ALLREDUCE, exc), {}
     return {n: list(found.get(n) or [skipped(mpi.ALLREDUCE, "no result")])

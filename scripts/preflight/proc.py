@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import resource
 import signal
 import subprocess
 import threading
@@ -18,6 +19,8 @@ import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import UserError
 
 KILL_GRACE_S = 3.0
 HOPELESS_GRACE_S = 2.0  # a run judged hopeless may still recover: give it a moment
@@ -204,3 +207,27 @@ def descendants(pid: int) -> list[int]:
         found.add(child)
         todo += children.get(child, ())
     return sorted(found)
+
+
+# Open files the launcher holds per host at once: a probe's ssh session (3 pipes, then parked
+# for the mesh agent), mpirun's ssh client and its daemon's connection; and a margin for the
+# rest (Python, the report, the ssh master's socket directory).
+FILES_PER_HOST = 8
+FILES_MARGIN = 256
+
+
+def raise_open_files(hosts: int) -> int:
+    """Raises this process's soft limit on open files to its hard limit (children, mpirun
+    among them, inherit it) and returns the new soft limit. Where even the hard limit is too
+    low for `hosts`, a UserError that names `ulimit -n`: nothing has been started yet."""
+    need = FILES_MARGIN + FILES_PER_HOST * hosts
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise UserError(f"{hosts} hosts need about {need} open files here, and the hard limit "
+                        f"is {hard} (ulimit -Hn)",
+                        f"raise it where you log in: ulimit -n {need} as root, or "
+                        f"'* hard nofile {need}' in /etc/security/limits.conf, then log in again")
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        soft = hard if hard != resource.RLIM_INFINITY else max(soft, need)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft

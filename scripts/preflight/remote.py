@@ -69,6 +69,11 @@ class Ssh:
         ssh exits 255 when ssh itself, not the remote command, failed."""
         return proc.run(self._argv_for(host, remote_argv), timeout_s, stdin=stdin)
 
+    @property
+    def control_dir(self) -> str:
+        """Where the ssh masters' sockets are: in the masters' command lines too."""
+        return self._control_dir
+
     def session(self, host: str, remote_argv: Sequence[str]) -> Session:
         """A long-running remote process that steps talk to in lines; raises OSError when it
         cannot even be started (no ssh client)."""

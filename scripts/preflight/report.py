@@ -84,6 +84,10 @@ def document(outcome: Outcome) -> dict:
     doc = outcome.report.as_dict()
     doc["matrices"] = outcome.matrices
     doc["passed_over"] = outcome.choice.passed_over_for()
+    if outcome.sampling:
+        doc["sampling"] = outcome.sampling
+    if outcome.phases:
+        doc["phases"] = outcome.phases
     if outcome.candidates:
         doc["candidates"] = list(outcome.candidates)
     return doc

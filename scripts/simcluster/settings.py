@@ -21,7 +21,7 @@ DEFAULT_PREFIX = "hvsim"
 SUBNET = "10.231.0"  # host hN is SUBNET.(10+N)/24
 SECOND_NET = "10.232"  # eth1 of host hN is SECOND_NET.N.1/24
 DEFAULT_HOSTS = 3
-MAX_HOSTS = 32
+MAX_HOSTS = 128  # addresses SUBNET.11-138; 100 is what make test-scale runs
 SSHD = "/usr/sbin/sshd"
 # Clusters with different prefixes may run at once; all of them edit the same ~/.ssh/config.
 SSH_CONFIG_LOCK = Path("/run/lock/hvsim-ssh-config.lock")

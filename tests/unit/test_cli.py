@@ -149,14 +149,14 @@ def replay(monkeypatch, edit=None, mesh_fails: tuple[str, ...] = ()) -> dict:
         return HostProbe(host, host == "h1", result, facts, None, facts.time - 0.05,
                               facts.time + 0.05)
 
-    def run_mesh(ssh, hosts, python_for=None, timeout_s=10):
+    def run_mesh(ssh, hosts, python_for=None, timeout_s=10, seed=0):
         calls["mesh"] = hosts
         return {h.name: [failed("mesh.tcp", "h1 cannot connect", "open the ports")
                          if h.name in mesh_fails else passed("mesh.tcp", "ok"),
                          passed("mtu.path", "1500")] for h in hosts}
 
     def run_mpi(hosts, interface, cidr, python, bandwidth=False, timeout_s=60, ssh_args=(),
-                alone_s=10.0):
+                alone_s=10.0, seed=0):
         calls["mpi"] = (hosts, interface, cidr)
         return {h.name: [passed("mpi.allreduce", "ok")] for h in hosts}, {"latency_us": []}
 
@@ -251,3 +251,21 @@ def test_show_interfaces_lists_each_interface_with_its_class_and_marks_the_jobs(
     assert "loopback" in rows[0].split()[-1]
     for column in ("interface", "addresses", "mac", "mtu", "speed", "kind"):
         assert column in out
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit_and_a_too_low_hard_limit_is_named():
+    import resource
+
+    from preflight import proc
+    from preflight.errors import UserError
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+        assert proc.raise_open_files(3) == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard
+        too_many = (hard - proc.FILES_MARGIN) // proc.FILES_PER_HOST + 1
+        with pytest.raises(UserError, match=r"ulimit -n"):
+            proc.raise_open_files(too_many)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

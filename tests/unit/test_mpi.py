@@ -206,12 +206,22 @@ def test_what_happened_says_how_far_a_hung_run_got():
 
 
 def test_a_group_failure_no_host_explains_is_the_same_verdict_for_all_with_a_remedy():
-    run = a_run(returncode=-15, stopped="timeout", seconds=17.2, limit_s=15)
+    run = a_run(returncode=1, stderr="boom\n")
     results = group_failure(HOSTS, LAYOUT, run, "eth0", CIDR)
     assert {h: cs[0].status for h, cs in results.items()} == {h: Status.FAIL for h in LAYOUT}
-    assert results["h1"][0].detail == ("mpirun over h1, h2, h3 hung for 15 s before any rank "
-                                       "started, and no host could be shown at fault on its own")
+    assert results["h1"][0].detail == ("mpirun over h1, h2, h3 mpirun exited with 1: boom, and "
+                                       "no host could be shown at fault on its own")
     assert "1024-65535" in results["h1"][0].remedy
+
+
+def test_a_group_that_only_hung_with_nobody_at_fault_warns_and_keeps_every_host():
+    run = a_run(returncode=-15, stopped="timeout", seconds=17.2, limit_s=15)
+    results = group_failure(HOSTS, LAYOUT, run, "eth0", CIDR)
+    assert {h: cs[0].status for h, cs in results.items()} == {h: Status.WARN for h in LAYOUT}
+    assert results["h1"][0].detail == ("mpirun over h1, h2, h3 hung for 15 s before any rank "
+                                       "started, and no host could be shown at fault on its "
+                                       "own: kept")
+    assert "--start-timeout" in results["h1"][0].remedy
 
 
 def test_the_run_is_hopeless_once_every_rank_left_its_pairs_and_one_was_stuck():
@@ -273,7 +283,7 @@ def stand_in_mpirun(monkeypatch, fails) -> list[list[str]]:
 
     tried: list[list[str]] = []
 
-    def launch(hosts, cidr, python, bandwidth, ssh_args, limit_s, start_s=None):
+    def launch(hosts, cidr, python, bandwidth, ssh_args, limit_s, start_s=None, seed=0):
         names = [h.name for h in hosts]
         how = fails(names, tried.count(names))
         tried.append(names)
@@ -410,11 +420,11 @@ def test_bandwidth_rounds_that_outlast_the_budget_warn_instead_of_failing(monkey
     stand_in_mpirun(monkeypatch, lambda names, _: None)
     good_launch = active_mpi.launch
 
-    def launch(hosts, cidr, python, bandwidth, *args):
+    def launch(hosts, cidr, python, bandwidth, *args, **kwargs):
         if bandwidth:
             return active_mpi.Attempt(tuple(hosts), tuple(h.name for h in hosts),
                                       a_run(**HUNG), ProbeOutput())
-        return good_launch(hosts, cidr, python, bandwidth, *args)
+        return good_launch(hosts, cidr, python, bandwidth, *args, **kwargs)
 
     monkeypatch.setattr(active_mpi, "launch", launch)
     results, _ = run_mpi(HOSTS, "eth0", CIDR, sys.executable, bandwidth=True, timeout_s=60)

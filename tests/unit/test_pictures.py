@@ -108,11 +108,11 @@ def replay(monkeypatch) -> dict:
         return HostProbe(host, host == "h1", Ran(("ssh", host), 0, json.dumps(raw), "", 0.05),
                          facts, None, facts.time - 0.05, facts.time + 0.05)
 
-    def run_mesh(ssh, hosts, python_for=None, timeout_s=10):
+    def run_mesh(ssh, hosts, python_for=None, timeout_s=10, seed=0):
         return {h.name: [passed("mesh.tcp", "ok"), passed("mtu.path", "1500")] for h in hosts}
 
     def run_mpi(hosts, interface, cidr, python, bandwidth=False, timeout_s=60, ssh_args=(),
-                alone_s=10.0):
+                alone_s=10.0, seed=0):
         asked["bandwidth"] = bandwidth
         matrices = recorded()
         if not bandwidth:

@@ -156,7 +156,7 @@ def checked(no_slurm):
     """pipeline.run replaced: records the inventory it is given, says every host is healthy."""
     seen: list = []
 
-    def run(inventory, options, say=lambda _: None):
+    def run(inventory, options, say=lambda _: None, phases=None):
         seen.append(inventory)
         hosts = tuple(HostReport(h.name, "127.0.0.1", h.slots or 1,
                                  (passed("ssh.login", "ok"),), "lo") for h in inventory.hosts)

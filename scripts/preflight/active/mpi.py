@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .. import proc
 from ..agents import source
-from ..agents.mpi_probe import SKEW_S, round_robin, slot_measure_s
+from ..agents.mpi_probe import SKEW_S, partners, schedule, slot_measure_s
 from ..checks.blame import blame
 from ..checks.mpi import (
     ALLREDUCE,
@@ -43,6 +43,10 @@ from ..result import CheckResult, failed
 from .isolate import Budget, isolate
 
 PROBE_SOURCE = source("mpi_probe")
+# What starting one more host adds to a group run, allowed on top of its timeout: measured on
+# 2 shared cores, 100 hosts took 25-55 s from mpirun to every rank past MPI_Init (an ssh
+# session, an orted, a Python with mpi4py each); a real cluster starts them side by side.
+LAUNCH_PER_HOST_S = 0.3
 PAIR_SHARE = 0.7  # of the timeout, for the pair rounds; the rest is for launch and allreduce
 BTL_PORT_MIN = 1025
 
@@ -71,13 +75,15 @@ class Attempt:
 
 def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
             bandwidth: bool = False, timeout_s: float = 60, ssh_args: Sequence[str] = (),
-            alone_s: float = ALONE_S) -> tuple[dict[str, list[CheckResult]], dict]:
+            alone_s: float = ALONE_S, seed: int = 0
+            ) -> tuple[dict[str, list[CheckResult]], dict]:
     """Per-host mpi.* results and the measurements ({"latency_us": {a: {b: us}}, ...}).
     ssh_args: more options for mpirun's ssh (the preflight's shared connections).
 
     One mpirun over every host, within timeout_s. When it fails or hangs, whatever the cause,
     isolation (active/isolate.py) finds the hosts behind it with runs of one host, confirmed,
-    then halving, within twice timeout_s more; alone_s bounds one run of one host."""
+    then halving, within twice timeout_s more; alone_s bounds one run of one host. seed: of
+    the random pairings beyond ALL_PAIRS_UP_TO hosts (agents/mpi_probe.py schedule())."""
     if not hosts:
         return {}, empty_measurements()
     problem = missing_tools(python)
@@ -89,9 +95,10 @@ def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
                 start_s: float | None = None) -> Attempt:
         if start_s is None and len(group) == 1 and limit_s <= alone_s:  # a first run alone
             start_s = limit_s / 2
-        return launch(group, cidr, python, measure, ssh_args, limit_s, start_s)
+        return launch(group, cidr, python, measure, ssh_args, limit_s, start_s, seed=seed)
 
-    first = attempt(hosts, timeout_s, bandwidth, start_limit_s(timeout_s, len(hosts)))
+    first = attempt(hosts, timeout_s + LAUNCH_PER_HOST_S * len(hosts), bandwidth,
+                    start_limit_s(timeout_s, len(hosts)))
     if first.ok:
         return judged(first, interface, bandwidth)
     budget = Budget(time.monotonic() + ISOLATION_FACTOR * timeout_s, MIN_RUN_S, alone_s,
@@ -154,9 +161,9 @@ def observed(attempt: Attempt) -> str:
 
 def start_limit_s(timeout_s: float, hosts: int) -> float:
     """How long a group run may take for every rank to start before it is stopped as hung: a
-    third of its time, and a tenth of a second more per host (each is an ssh session and a
-    daemon that mpirun starts from here)."""
-    return timeout_s / 3 + 0.1 * hosts
+    third of its time, and LAUNCH_PER_HOST_S more per host (each is an ssh session and a
+    daemon that mpirun starts from here, and a Python that initialises MPI)."""
+    return timeout_s / 3 + LAUNCH_PER_HOST_S * hosts
 
 
 def narrowed_note(culprits: list[str], slow: Mapping[str, float]) -> str:
@@ -167,13 +174,16 @@ def narrowed_note(culprits: list[str], slow: Mapping[str, float]) -> str:
 
 
 def launch(hosts: Sequence[MpiHost], cidr: str, python: str, bandwidth: bool,
-           ssh_args: Sequence[str], limit_s: float, start_s: float | None = None) -> Attempt:
+           ssh_args: Sequence[str], limit_s: float, start_s: float | None = None,
+           seed: int = 0) -> Attempt:
     hosts = list(hosts)
     layout = rank_layout(hosts)
     limit_s = max(1.0, limit_s)
     argv = mpirun_argv(hosts, layout, cidr, python, bandwidth, ssh_args=ssh_args,
-                       pair_wait_s=pair_wait_s(limit_s, len(layout), bandwidth))
-    run = proc.run(argv, limit_s, hopeless=will_hang(len(layout), start_s), grace_s=STOP_GRACE_S)
+                       pair_wait_s=pair_wait_s(limit_s, len(layout), bandwidth, seed),
+                       seed=seed)
+    run = proc.run(argv, limit_s, hopeless=will_hang(len(layout), start_s, seed),
+                   grace_s=STOP_GRACE_S)
     return Attempt(tuple(hosts), tuple(layout), run, parse_output(run.stdout), bandwidth)
 
 
@@ -183,7 +193,18 @@ def judged(attempt: Attempt, interface: str, bandwidth: bool
     return map_results(list(attempt.hosts), layout, output, run, interface, bandwidth), {
         **measurements(output, layout), "ranks": layout,
         "allreduce": output.result.get("allreduce", {}), "library": output.result.get("library"),
-        "message_mib": output.result.get("message_mib"), "seconds": round(run.seconds, 2)}
+        "message_mib": output.result.get("message_mib"), "seconds": round(run.seconds, 2),
+        **phase_seconds(run.seconds, output.result)}
+
+
+def phase_seconds(run_s: float, result: Mapping) -> dict[str, float]:
+    """The run split by the probe's own clock: the launch (mpirun to the first rank past
+    MPI_Init), the pair rounds, and the rest (the allreduce checks, the ending)."""
+    ranks_s, pairs_s = result.get("seconds"), result.get("pairs_s")
+    if not isinstance(ranks_s, (int, float)) or not isinstance(pairs_s, (int, float)):
+        return {}
+    return {"launch_s": round(max(0.0, run_s - ranks_s), 2), "pairs_s": round(pairs_s, 2),
+            "collectives_s": round(max(0.0, ranks_s - pairs_s), 2)}
 
 
 def with_note(check: CheckResult, note: str) -> CheckResult:
@@ -221,7 +242,7 @@ def rank_layout(hosts: list[MpiHost]) -> list[str]:
 
 def mpirun_argv(hosts: list[MpiHost], layout: list[str], cidr: str, python: str,
                 bandwidth: bool, uid: int | None = None, pair_wait_s: float = 5.0,
-                ssh_args: Sequence[str] = ()) -> list[str]:
+                ssh_args: Sequence[str] = (), seed: int = 0) -> list[str]:
     counts = {h.name: layout.count(h.name) for h in hosts}
     argv = ["mpirun", "-np", str(len(layout)),
             "-H", ",".join(f"{name}:{n}" for name, n in counts.items() if n),
@@ -247,26 +268,29 @@ def mpirun_argv(hosts: list[MpiHost], layout: list[str], cidr: str, python: str,
         if os.environ.get(name):
             argv += ["-x", name]
     argv += [python, "-c", PROBE_SOURCE, "--size-mib", str(MESSAGE_MIB),
-             "--pair-wait-s", f"{pair_wait_s:g}"]
+             "--pair-wait-s", f"{pair_wait_s:g}", "--seed", str(seed)]
     if bandwidth:
         argv.append("--bandwidth")
     return argv
 
 
-def pair_wait_s(timeout_s: float, ranks: int, bandwidth: bool = False) -> float:
+def pair_wait_s(timeout_s: float, ranks: int, bandwidth: bool = False, seed: int = 0
+                ) -> float:
     """How long the opener of a pair waits for its first message to get through: the pair
     rounds get most of the timeout, and each round's slot is this wait plus fixed parts. At
     least 1.5 s (a SYN lost once is sent again after 1 s), at most 5 s (twice: after 3 s)."""
-    rounds = max(1, len(round_robin(ranks)))
+    rounds = max(1, len(schedule(ranks, seed)))
     share = timeout_s * PAIR_SHARE / rounds - SKEW_S - slot_measure_s(bandwidth)
     return round(min(5.0, max(1.5, share)), 1)
 
 
-def will_hang(ranks: int, start_s: float | None = None) -> Callable[[str], bool]:
+def will_hang(ranks: int, start_s: float | None = None, seed: int = 0
+              ) -> Callable[[str], bool]:
     """True once every rank has left all its pairs and one was stuck (the collectives that
     follow need every connection, so they can only hang), or, given start_s, when that long
     after the first look not every rank has started."""
     since = time.monotonic()
+    pairs_of = [len(p) for p in partners(ranks, seed)]
 
     def check(stdout: str) -> bool:
         output = parse_output(stdout)
@@ -274,5 +298,5 @@ def will_hang(ranks: int, start_s: float | None = None) -> Callable[[str], bool]
                 and len(output.started) < ranks:
             return True
         left = Counter(rank for rank, _ in output.left)
-        return bool(output.stuck) and all(left[r] >= ranks - 1 for r in range(ranks))
+        return bool(output.stuck) and all(left[r] >= pairs_of[r] for r in range(ranks))
     return check

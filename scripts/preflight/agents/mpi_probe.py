@@ -13,8 +13,9 @@ the hosts but the venv's Python with mpi4py. It prints JSON lines:
   {"event": "result", "hosts", "allreduce", ...}   rank 0, at the end
 
 Pairs come first, in rounds of disjoint pairs (a round-robin tournament: n - 1 rounds for an even
-n, n for an odd n), and in each pair a fixed side opens the TCP connection, chosen so that every
-host has connections opened towards it (h1 -> h2, h2 -> h3, h3 -> h1 for three). Open MPI opens a
+n, n for an odd n; beyond ALL_PAIRS_UP_TO ranks a ring and random matchings, see schedule()),
+and in each pair a fixed side opens the TCP connection, chosen so that every host has
+connections opened towards it (h1 -> h2, h2 -> h3, h3 -> h1 for three). Open MPI opens a
 connection the first time a rank sends to a peer and reuses it both ways after, so without this a
 host that drops incoming connections can pass or hang depending on who happened to send first.
 A firewall shows as a pair whose first message never gets through: the rank that opens the pair
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import socket
 import statistics
 import sys
@@ -49,6 +51,10 @@ SPIN_S = 0.002  # a ping-pong's wait spins this long, then naps: see finish()
 SKEW_S = 0.5  # how far apart ranks may start (MPI_Init ends together); the waiting side waits
 LATENCY_SLOT_S = 0.5  # what a round's slot keeps for timing the pair, beyond the meeting
 BANDWIDTH_SLOT_S = 4.0
+# Every pair is measured up to this many ranks (15 partners each); beyond, each rank meets the
+# ring's 2 and MATCHINGS random others: 8, so all pairs would cost twice the sample and more.
+ALL_PAIRS_UP_TO = 16
+MATCHINGS = 6
 LEFT_BEHIND: list = []  # requests given up on, kept so that their buffers stay alive
 
 
@@ -72,6 +78,46 @@ def round_robin(n: int) -> list[list[tuple[int, int]]]:
         rounds.append(sorted(pairs))
         players = [players[0], players[-1], *players[1:-1]]
     return [r for r in rounds if r]
+
+
+def schedule(n: int, seed: int = 0) -> list[list[tuple[int, int]]]:
+    """The pair rounds of n ranks: every pair (round_robin) up to ALL_PAIRS_UP_TO ranks; beyond,
+    rounds whose number does not grow with n: the ring (i, i + 1) that a ring allreduce uses,
+    in 2 rounds (3 for an odd n), then MATCHINGS rounds of the round-robin tournament of the
+    ranks shuffled by `seed` (the same on every rank): perfect matchings that never repeat a
+    pair, less the few ring pairs they hold. Every rank meets about 2 + MATCHINGS others, and
+    each pair is measured in both directions."""
+    if n <= ALL_PAIRS_UP_TO:
+        return round_robin(n)
+    ring = [(i, (i + 1) % n) for i in range(n)]
+    colour = [2 if n % 2 and i == n - 1 else i % 2 for i in range(n)]
+    rounds = [sorted((min(p), max(p)) for p, c in zip(ring, colour) if c == k) for k in range(3)]
+    in_ring = {frozenset(p) for p in ring}
+    rng = random.Random(seed)
+    label = list(range(n))
+    rng.shuffle(label)
+    players = n + n % 2  # with a dummy player for an odd n, as in round_robin
+    for index in rng.sample(range(players - 1), MATCHINGS):
+        pairs = [(label[a], label[b]) for a, b in circle_round(players, index) if max(a, b) < n]
+        rounds.append(sorted((min(p), max(p)) for p in pairs if frozenset(p) not in in_ring))
+    return [r for r in rounds if r]
+
+
+def circle_round(players: int, index: int) -> list[tuple[int, int]]:
+    """Round `index` of the circle method over an even number of players, on its own:
+    player 0 stays, the others turn `index` steps."""
+    turned = [0, *((j - 1 - index) % (players - 1) + 1 for j in range(1, players))]
+    return [(turned[i], turned[players - 1 - i]) for i in range(players // 2)]
+
+
+def partners(n: int, seed: int = 0) -> list[set[int]]:
+    """Each rank's partners in schedule(n, seed)."""
+    every: list[set[int]] = [set() for _ in range(n)]
+    for round_pairs in schedule(n, seed):
+        for a, b in round_pairs:
+            every[a].add(b)
+            every[b].add(a)
+    return every
 
 
 def partner(round_pairs: list[tuple[int, int]], rank: int) -> int | None:
@@ -242,14 +288,15 @@ def measure_pair(comm, peer: int, opening: bool, payload: bytearray | None, cloc
     return {"latency_us": round(us, 2), "MBps": rates}
 
 
-def measure_pairs(comm, size_mib: float, bandwidth: bool, wait_s: float) -> None:
+def measure_pairs(comm, size_mib: float, bandwidth: bool, wait_s: float, seed: int = 0
+                  ) -> None:
     """This rank's pairs, round by round. A pair whose first message does not come through in
     time is given up ("stuck"), so the other pairs are still measured; the opener of each pair
     prints its figures."""
     rank, size = comm.Get_rank(), comm.Get_size()
     payload = bytearray(int(size_mib * 1024 * 1024)) if bandwidth else None
     clock = Clock(wait_s, slot_measure_s(bandwidth))
-    for index, round_pairs in enumerate(round_robin(size)):
+    for index, round_pairs in enumerate(schedule(size, seed)):
         peer = partner(round_pairs, rank)
         if peer is None:
             continue
@@ -318,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mib", type=float, default=8.0)
     parser.add_argument("--pair-wait-s", type=float, default=10.0,
                         help="give a pair up when its first message takes longer than this")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="of the random pairings beyond ALL_PAIRS_UP_TO ranks")
     args = parser.parse_args(argv)
     from mpi4py import MPI
 
@@ -325,7 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     rank = comm.Get_rank()
     start = time.monotonic()
     emit({"event": "init", "rank": rank, "host": socket.gethostname()})
-    measure_pairs(comm, args.size_mib, args.bandwidth, args.pair_wait_s)
+    # The pair rounds run on a clock each rank starts for itself: start it together, napping,
+    # or ranks that got out of MPI_Init late (on shared cores, seconds late) miss their slots.
+    settle(comm.Ibarrier())
+    pairs_from = time.monotonic()
+    measure_pairs(comm, args.size_mib, args.bandwidth, args.pair_wait_s, args.seed)
+    pairs_s = time.monotonic() - pairs_from
     # Ranks done with their pairs wait here napping, not spinning in allgather's MPI wait, so
     # that on shared cores they leave the CPU to the pairs still being timed.
     settle(comm.Ibarrier())
@@ -335,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         emit({"event": "result", "size": comm.Get_size(), "hosts": hosts,
               "allreduce": allreduce, "message_mib": args.size_mib if args.bandwidth else None,
               "library": MPI.Get_library_version().splitlines()[0].strip("\0 "),
-              "seconds": round(time.monotonic() - start, 3)})
+              "seconds": round(time.monotonic() - start, 3), "pairs_s": round(pairs_s, 3)})
     return 0
 
 

@@ -138,14 +138,20 @@ def launcher_failure(name: str, run: Ran, hosts: int, cidr: str) -> CheckResult:
 def group_failure(hosts: list[MpiHost], layout: list[str], run: Ran, interface: str,
                   cidr: str) -> dict[str, list[CheckResult]]:
     """A group that failed while no host could be shown at fault (each passes alone, halving
-    found none, or the time ran out): the same verdict on every host."""
+    found none, or the time ran out): the same verdict on every host. A run that ended with an
+    error fails them all; one that only hung or ran out of time, where nobody's fault was shown,
+    warns: a crowd slower than its time limit is load, not a fault of any host in it."""
     names = ", ".join(h.name for h in hosts)
     output = parse_output(run.stdout)
     detail = (f"mpirun over {names} {what_happened(run, output, len(layout))}, and no host "
               f"could be shown at fault on its own")
     remedy = (f"open TCP ports 1024-65535 between the hosts on {interface} and check that "
               f"{cidr} is the network every host shares; run by hand: {shown_command(run.argv)}")
-    return {h.name: [failed(ALLREDUCE, detail, remedy)] for h in hosts}
+    if run.stopped is None:
+        return {h.name: [failed(ALLREDUCE, detail, remedy)] for h in hosts}
+    remedy = (f"give the job more time to start (horovodrun --start-timeout, or the preflight's "
+              f"--timeout) and watch the load on the hosts; if it hangs then too, {remedy}")
+    return {h.name: [warned(ALLREDUCE, f"{detail}: kept", remedy)] for h in hosts}
 
 
 def slow_result(name: str, seconds: float, group: Ran) -> CheckResult:
