@@ -194,6 +194,7 @@ class Cluster:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation
         sshd.make_client_key(settings)
         net.make_switch(settings)
+        net.raise_neighbour_table(settings, options.hosts)
         for index, host in enumerate(options.names, start=1):
             self._build_host(options, index, host)
         sshd.write_client_config(settings, options.hosts)
@@ -244,6 +245,7 @@ class Cluster:
         removed += net.delete_namespaces(namespaces)
         removed += net.remove_etc_dirs(settings)
         removed += sshconfig.remove_include(settings)
+        removed += net.restore_neighbour_table(settings)
         # Only a directory made for this prefix (it has the marker) is deleted whole; an empty
         # one is what an `up` interrupted before it wrote the marker leaves.
         if state_is_ours(settings) or _is_empty_dir(self.state_dir):

@@ -156,3 +156,44 @@ def remove_etc_dirs(settings: Settings) -> list[str]:
         shutil.rmtree(path, ignore_errors=True)
         removed.append(f"removed {path}")
     return removed
+
+
+# The kernel's ARP table is one for all namespaces, and its default hard limit (gc_thresh3,
+# 1024 entries) overflows at about 32 hosts that all talk to each other: it then drops
+# packets ("neighbor table overflow" in dmesg), which reads as a flaky network.
+NEIGH = Path("/proc/sys/net/ipv4/neigh/default")
+NEIGH_KEYS = ("gc_thresh1", "gc_thresh2", "gc_thresh3")
+NEIGH_SAVED = "neighbour-limits"  # in the state directory: the values found before ours
+
+
+def neighbour_limits(hosts: int) -> tuple[int, int, int]:
+    """Enough ARP entries for every host to know every other on two networks, with room."""
+    entries = 2 * hosts * hosts + 1024
+    return entries // 4, entries // 2, entries
+
+
+def raise_neighbour_table(settings: Settings, hosts: int) -> None:
+    """Raises the machine's ARP table limits to what `hosts` hosts need (never lowers them),
+    keeping the values found in the state directory for restore_neighbour_table."""
+    found = [int((NEIGH / key).read_text()) for key in NEIGH_KEYS]
+    wanted = [max(f, w) for f, w in zip(found, neighbour_limits(hosts))]
+    if wanted == found:
+        return
+    (settings.state_dir / NEIGH_SAVED).write_text(
+        " ".join(map(str, found)) + "\n" + " ".join(map(str, wanted)) + "\n")
+    for key, value in zip(NEIGH_KEYS, wanted):
+        (NEIGH / key).write_text(str(value))
+
+
+def restore_neighbour_table(settings: Settings) -> list[str]:
+    """Puts back the limits raise_neighbour_table found, unless someone changed them since."""
+    saved = settings.state_dir / NEIGH_SAVED
+    try:
+        found, ours = (line.split() for line in saved.read_text().splitlines()[:2])
+    except (OSError, ValueError):
+        return []
+    if [(NEIGH / key).read_text().strip() for key in NEIGH_KEYS] != ours:
+        return []
+    for key, value in zip(NEIGH_KEYS, found):
+        (NEIGH / key).write_text(value)
+    return [f"restored the ARP table limits ({NEIGH}/gc_thresh1-3: {' '.join(found)})"]
