@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import agents, checks
+from . import agents, checks, fanout
 from .active import deep
 from .active import mesh as mesh_runner
 from .active import mpi as mpi_runner
@@ -46,7 +46,8 @@ REMOTE_SH = f'p="$1"; shift; [ -x "$p" ] || p=python3; exec "$p" -c "{BOOTSTRAP}
 Say = Callable[[str], None]
 DEEP_MIN_S = 90.0  # the deep check's budget at least: a TensorFlow import on every host
 PARKED = "parked"  # the probe's line after its facts (agents/host_probe.py, --stay)
-FAN_OUT = 32  # probes at once
+FAN_OUT_MOST = 256  # probes at once at most (threads here); fanout.Window picks
+PROGRESS_EVERY_S = 5.0  # a progress line while the probes come in
 STRAGGLER_MIN_S = 2.0  # a host is a straggler once it took this long, and
 STRAGGLER_FACTOR = 3.0  # this many times the median answer
 MPI_SPLIT = ("launch_s", "pairs_s", "collectives_s")  # active/mpi.py phase_seconds()
@@ -104,18 +105,23 @@ def probe_host(ssh: Ssh, host: str, argv: list[str], source: str, timeout_s: flo
 
 
 def probe_hosts(names: list[str], attempt: Callable[[str], HostProbe],
-                pending: list[Future] | None = None) -> dict[str, HostProbe]:
-    """The probe on every host at once. A host that has not answered once the crowd is done
-    (all but a tenth answered, and it took STRAGGLER_FACTOR times their median) is tried again
-    then, alone, with the full timeout, while its first attempt runs on; one whose first attempt
-    failed is tried again too. So a timeout is confirmed after the crowd, and a dead host costs
-    the healthy time plus about one timeout. The second attempt's answer counts when the first
-    has none (HostProbe.first keeps the first). A second try whose first answered meanwhile is
-    not waited for: it goes to `pending`, for the caller to wait on before it closes ssh."""
-    again_pool = ThreadPoolExecutor(max_workers=FAN_OUT)
-    with ThreadPoolExecutor(max_workers=FAN_OUT) as pool:
-        first = {name: pool.submit(attempt, name) for name in names}
-        wait_for_crowd(first, time.monotonic())
+                pending: list[Future] | None = None, timeout_s: float = 10.0,
+                on_answer: Callable[[int], None] = lambda _done: None
+                ) -> dict[str, HostProbe]:
+    """The probe on every host, as many at once as the launcher absorbs (fanout.Window). A host
+    that has not answered once the crowd is done (all but a tenth answered, and it took
+    STRAGGLER_FACTOR times their median) is tried again then, alone, with the full timeout,
+    while its first attempt runs on; one whose first attempt failed is tried again too. So a
+    timeout is confirmed after the crowd, and a dead host costs the healthy time plus about one
+    timeout. The second attempt's answer counts when the first has none (HostProbe.first keeps
+    the first). A second try whose first answered meanwhile is not waited for: it goes to
+    `pending`, for the caller to wait on before it closes ssh. on_answer(n): n hosts are done."""
+    window = fanout.Window(timeout_s, FAN_OUT_MOST)
+    again_pool = ThreadPoolExecutor(max_workers=window.largest)
+    with ThreadPoolExecutor(max_workers=window.largest) as pool:
+        first, started = fanout.start_all(names, attempt, window, pool,
+                                          lambda p: p.received - p.sent, on_answer)
+        wait_for_crowd(first, started)
         again = {name: again_pool.submit(attempt, name) for name, f in first.items()
                  if not f.done() or f.result().facts is None}
         probes = {name: f.result() for name, f in first.items()}
@@ -128,19 +134,32 @@ def probe_hosts(names: list[str], attempt: Callable[[str], HostProbe],
     return probes
 
 
-def wait_for_crowd(first: Mapping[str, Future], started: float) -> None:
-    """Returns once every first attempt is done, or the few left are stragglers."""
+def wait_for_crowd(first: Mapping[str, Future], started: Mapping[str, float]) -> None:
+    """Returns once every first attempt is done, or the few left are stragglers: each has run
+    STRAGGLER_FACTOR times the median answer (at least STRAGGLER_MIN_S) since it started."""
     allowed = max(1, len(first) // 10) if len(first) > 1 else 0
     while True:
         done = [f.result() for f in first.values() if f.done()]
-        left = [f for f in first.values() if not f.done()]
+        left = [name for name, f in first.items() if not f.done()]
         if not left:
             return
         if done and len(left) <= allowed:
             typical_s = statistics.median(p.received - p.sent for p in done)
-            if time.monotonic() - started >= max(STRAGGLER_MIN_S, STRAGGLER_FACTOR * typical_s):
+            least_s = max(STRAGGLER_MIN_S, STRAGGLER_FACTOR * typical_s)
+            if all(time.monotonic() - started[name] >= least_s for name in left):
                 return
-        wait(left, timeout=0.1, return_when=FIRST_COMPLETED)
+        wait([first[name] for name in left], timeout=0.1, return_when=FIRST_COMPLETED)
+
+
+def every_few_seconds(say: Say, hosts: int) -> Callable[[int], None]:
+    """A progress line as hosts answer, at most every PROGRESS_EVERY_S."""
+    last = [time.monotonic()]
+
+    def answered(done: int) -> None:
+        if time.monotonic() - last[0] >= PROGRESS_EVERY_S and done < hosts:
+            last[0] = time.monotonic()
+            say(f"{done} of {hosts} host(s) answered")
+    return answered
 
 
 def probe_session(ssh: Ssh, host: str, argv: list[str], source: str, timeout_s: float
@@ -190,7 +209,8 @@ def run(inventory: Inventory, options: Options, say: Say = lambda _: None,
         retries: list[Future] = []  # second tries nobody waits for: done before ssh closes
         with phases.phase("probe"):
             probes = probe_hosts(names, lambda h: probe_host(ssh, h, argv, source,
-                                                               options.timeout_s), retries)
+                                                               options.timeout_s), retries,
+                                 options.timeout_s, every_few_seconds(say, len(names)))
         facts = {h: p.facts for h, p in probes.items() if p.facts is not None}
         say(f"facts from {len(facts)} of {len(names)} host(s) in "
             f"{time.monotonic() - started:.1f} s")
