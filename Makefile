@@ -9,7 +9,7 @@ N ?= 3
 REPORT ?= preflight.json
 export VENV REPORT
 
-.PHONY: help setup preflight train evaluate data-files submit test test-unit lint bench \
+.PHONY: help setup preflight train evaluate data-files submit test test-scale test-unit lint bench \
         cluster-up cluster-down cluster-status cluster-exec cluster-fault slurm new-project clean
 
 help: ## list the targets
@@ -37,6 +37,9 @@ submit: setup ## sbatch template/train.sbatch: preflight + train in a Slurm job 
 
 test: setup ## run the whole test suite (unit and simulated cluster; needs root for the cluster)
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+test-scale: setup ## 100 simulated hosts: all kept, plain and --bandwidth, against horovodrun (about 10 min; root)
+	@$(PY) -m pytest tests/scale -s $(PYTEST_ARGS)
 
 test-unit: setup ## run the tests that need no cluster
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)

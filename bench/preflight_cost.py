@@ -17,6 +17,7 @@ and the MPI test.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import tempfile
@@ -51,7 +52,9 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 NAME = "preflight_cost"
-TIMEOUT_S = 180
+TIMEOUT_S = 420  # horovodrun gets --start-timeout 300: at 64 hosts and more it needs it
+START_TIMEOUT_S = 300
+SOFT_OPEN_FILES = 1024  # the common default soft limit, which the preflight raises itself
 # The preflight's progress lines that open each stage (scripts/preflight/pipeline.py).
 STAGE_MARKS = (("probe", "preflight: probing"), ("mesh_mtu", "preflight: facts from"),
                ("mpi", "preflight: MPI allreduce"))
@@ -63,19 +66,23 @@ class PreflightRun:
     returncode: int
     stages: dict[str, float]  # stage -> seconds spent in it
     tail: str
+    report: dict  # the preflight.json it wrote (its "phases": wall and launcher CPU)
 
 
 # What the timed preflights write; removed when the benchmark is done.
 SCRATCH = (Path(f"/tmp/{PREFIX}-{NAME}.hostfile"), Path(f"/tmp/{PREFIX}-{NAME}.json"))
 
 
-def preflight_argv(hosts: Sequence[str], mpi: bool, scripts: Path | None = None) -> list[str]:
-    """The preflight's command; scripts: another revision's scripts/ folder to run instead."""
+def preflight_argv(hosts: Sequence[str], mpi: bool, scripts: Path | None = None,
+                   extra: Sequence[str] = ()) -> list[str]:
+    """The preflight's command, under the common soft limit of open files; scripts: another
+    revision's scripts/ folder to run instead."""
     argv = [PYTHON, "-m", "preflight", "--hosts", ",".join(hosts),
-            "--hostfile", str(SCRATCH[0]), "--report", str(SCRATCH[1])]
+            "--hostfile", str(SCRATCH[0]), "--report", str(SCRATCH[1]), *extra]
     if scripts is not None:
         argv = ["env", f"PYTHONPATH={scripts}", *argv]
-    return argv if mpi else [*argv, "--no-mpi"]
+    argv = argv if mpi else [*argv, "--no-mpi"]
+    return ["sh", "-c", f'ulimit -Sn {SOFT_OPEN_FILES} && exec "$@"', "sh", *argv]
 
 
 @contextlib.contextmanager
@@ -96,9 +103,10 @@ def worktree(rev: str | None) -> Iterator[Path | None]:
 
 
 def run_preflight(cluster: Cluster, hosts: Sequence[str], mpi: bool,
-                  scripts: Path | None = None) -> PreflightRun:
+                  scripts: Path | None = None, extra: Sequence[str] = ()) -> PreflightRun:
     """One preflight from h1, its stderr lines stamped as they come."""
-    argv = cluster.exec_argv("h1", preflight_argv(hosts, mpi, scripts))
+    SCRATCH[1].unlink(missing_ok=True)
+    argv = cluster.exec_argv("h1", preflight_argv(hosts, mpi, scripts, extra))
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=cluster.env(),
@@ -117,8 +125,9 @@ def run_preflight(cluster: Cluster, hosts: Sequence[str], mpi: bool,
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"preflight on {len(hosts)} hosts failed (exit {proc.returncode}):\n"
                            + "".join(line for _, line in lines[-8:]))
+    report = json.loads(SCRATCH[1].read_text()) if SCRATCH[1].exists() else {}
     return PreflightRun(seconds, proc.returncode, stages(lines, seconds),
-                        "".join(line for _, line in lines[-3:]))
+                        "".join(line for _, line in lines[-3:]), report)
 
 
 def stages(lines: list[tuple[float, str]], total: float) -> dict[str, float]:
@@ -135,7 +144,8 @@ def stages(lines: list[tuple[float, str]], total: float) -> dict[str, float]:
 
 def horovodrun_argv(hosts: Sequence[str], nics: bool) -> list[str]:
     """A trivial job: all the time is horovodrun's start-up, ssh check, (discovery,) launch."""
-    argv = [HOROVODRUN, "--disable-cache", "-np", str(len(hosts)), "-H", host_list(hosts)]
+    argv = [HOROVODRUN, "--disable-cache", "--start-timeout", str(START_TIMEOUT_S),
+            "-np", str(len(hosts)), "-H", host_list(hosts)]
     if nics:
         # One host is local: horovodrun then wants an interface holding 127.0.0.1, and the
         # preflight picks lo there too.

@@ -31,6 +31,8 @@ import scaling_cost
 import step_cost
 from common import PREFIX, RESULTS, Cluster
 
+from simcluster.settings import MAX_HOSTS
+
 BENCHMARKS = ("preflight", "step", "allreduce", "callbacks", "scaling")
 DEFAULT_HOSTS = (1, 3, 8, 16)
 QUICK_HOSTS = (1, 3)
@@ -84,8 +86,8 @@ def host_counts(text: str) -> tuple[int, ...]:
         counts = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma list of numbers") from None
-    if not counts or counts[0] < 1 or counts[-1] > 32:
-        raise argparse.ArgumentTypeError("host counts go from 1 to 32 (simcluster)")
+    if not counts or counts[0] < 1 or counts[-1] > MAX_HOSTS:
+        raise argparse.ArgumentTypeError(f"host counts go from 1 to {MAX_HOSTS} (simcluster)")
     return tuple(counts)
 
 

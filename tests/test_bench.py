@@ -27,7 +27,7 @@ def test_no_json_at_all_is_an_error_not_an_empty_result():
 def test_host_counts_are_sorted_unique_and_bounded():
     args = run.parse_args(["--hosts", "16,3,3,8"])
     assert args.hosts == (3, 8, 16)
-    for bad in ("0,3", "33", "three"):
+    for bad in ("0,3", "129", "three"):
         with pytest.raises(SystemExit):
             run.parse_args(["--hosts", bad])
 
