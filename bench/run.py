@@ -27,13 +27,14 @@ import time
 import allreduce
 import callback_cost
 import preflight_cost
+import preflight_scale
 import scaling_cost
 import step_cost
 from common import PREFIX, RESULTS, Cluster
 
 from simcluster.settings import MAX_HOSTS
 
-BENCHMARKS = ("preflight", "step", "allreduce", "callbacks", "scaling")
+BENCHMARKS = ("preflight", "step", "allreduce", "callbacks", "scaling", "preflight-scale")
 DEFAULT_HOSTS = (1, 3, 8, 16)
 QUICK_HOSTS = (1, 3)
 DEFAULT_REPEAT, QUICK_REPEAT = 3, 1
@@ -52,11 +53,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--only", choices=BENCHMARKS, action="append", metavar="NAME",
                         help="run only this benchmark (repeatable): " + ", ".join(BENCHMARKS)
-                             + "; default: all")
+                             + "; default: all but preflight-scale (100 hosts, about 10 min)")
     parser.add_argument("--hosts", type=host_counts, default=None,
                         help="host counts for the preflight benchmark, comma-separated "
                              f"(default {','.join(map(str, DEFAULT_HOSTS))}; with --quick "
-                             f"{','.join(map(str, QUICK_HOSTS))}); at most 32")
+                             f"{','.join(map(str, QUICK_HOSTS))}); at most {MAX_HOSTS}")
+    parser.add_argument("--scale-hosts", type=host_counts, default=preflight_scale.HOSTS,
+                        help="host counts for preflight-scale, the per-phase cost and its "
+                             "model (default 16,32,64,100)")
     parser.add_argument("--repeat", type=positive, default=None,
                         help=f"runs per measurement; figures are medians (default "
                              f"{DEFAULT_REPEAT}, with --quick {QUICK_REPEAT})")
@@ -72,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a smoke run in about two minutes: fewer hosts, one repeat, fewer "
                              "epochs, smaller byte budgets; the figures are rough")
     args = parser.parse_args(argv)
-    args.only = tuple(dict.fromkeys(args.only or BENCHMARKS))
+    args.only = tuple(dict.fromkeys(args.only or BENCHMARKS[:-1]))  # scale: asked for
     args.hosts = args.hosts or (QUICK_HOSTS if args.quick else DEFAULT_HOSTS)
     args.repeat = args.repeat or (QUICK_REPEAT if args.quick else DEFAULT_REPEAT)
     args.epochs = args.epochs or (QUICK_EPOCHS if args.quick else EPOCHS)
@@ -106,6 +110,8 @@ def cluster_size(args: argparse.Namespace) -> int:
         size = max(size, args.allreduce_hosts)
     if "scaling" in args.only:
         size = max(size, max(scaling_cost.HOSTS))
+    if "preflight-scale" in args.only:
+        size = max(size, args.scale_hosts[-1])
     return size
 
 
@@ -138,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             callback_cost.run(cluster, min(args.epochs, 4), console, say)
         if "scaling" in args.only:
             scaling_cost.run(cluster, args.quick, console, say)
+        if "preflight-scale" in args.only:
+            preflight_scale.run(cluster, args.scale_hosts, console, say)
     say(f"done; cluster {PREFIX} removed")
     return 0
 

@@ -273,3 +273,12 @@ def test_exclude_command_reads_the_failed_hosts_from_the_report(tmp_path, capsys
     assert capsys.readouterr().out == ""
     assert slurm.main(["exclude", str(tmp_path / "missing.json")]) == 2
     assert "run make preflight first" in capsys.readouterr().err
+
+
+def test_an_allocation_of_a_thousand_nodes_is_an_inventory_of_a_thousand_hosts():
+    environ = {"SLURM_JOB_NODELIST": "gpu[0001-0600],cpu[1-400]", "SLURM_JOBID": "12",
+               "SLURM_TASKS_PER_NODE": "4(x600),1(x400)"}
+    found = slurm.inventory(slurm.job(environ), environ)
+    assert len(found.names) == 1000
+    assert found.names[0] == "gpu0001" and found.names[-1] == "cpu400"
+    assert [h.slots for h in found.hosts].count(4) == 600
