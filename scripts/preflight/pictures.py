@@ -1,11 +1,12 @@
 """The --bandwidth matrices as one PNG next to the report: latency and bandwidth heatmaps.
 
 preflight.json -> preflight-network.png: two heatmaps side by side, host names on both axes,
-every cell annotated with its value. The colours are anchored to the mpi checks' own baseline
-(checks/mpi.py: the median of each host's best link), not to the data's range: a cell at the
-typical value is pale and one at the checks' "slow" threshold or past it is dark red, so a
-healthy cluster looks pale however its figures spread, and a slow link stands out. The cells
-the checks call slow are outlined as well; `slow_cells` picks them by the checks' own rule.
+every cell annotated with its value (up to VALUES_UP_TO hosts). The colours are anchored to the
+mpi checks' own baseline (checks/mpi.py: the median of each host's best link), not to the data's
+range: a cell at the typical value is pale and one at the checks' "slow" threshold or past it is
+dark red, so a healthy cluster looks pale however its figures spread, and a slow link stands
+out. The cells the checks call slow are outlined as well; `slow_cells` picks them by the checks'
+own rule.
 
 matplotlib is imported only when a picture is drawn (it costs a few hundred ms, and only the
 --bandwidth run draws), on the Agg backend (no display). The picture is a by-product: nothing
@@ -46,6 +47,10 @@ PANELS = (
     Panel("latency_us", "MPI latency, us (half round trip, 8 bytes)", "us", True, False),
     Panel("bandwidth_MBps", "MPI bandwidth, MB/s (row sends to column)", "MB/s", False, True),
 )
+
+
+VALUES_UP_TO = 40  # hosts: beyond, colours only (the report has the figures)
+MAX_SIDE_IN = 16.0
 
 
 def picture_path(report_path: Path) -> Path:
@@ -117,7 +122,9 @@ def draw(matrices: Mapping, path: Path, title: str = "") -> Path:
     from matplotlib.figure import Figure  # not pyplot: no global state, nothing to close
 
     hosts = hosts_of(matrices, (m for _, m in found))
-    side = max(3.2, 0.5 * len(hosts) + 1.8)  # inches per panel: room for names and values
+    # Inches per panel: room for names and values, up to a size a screen shows (1,000 hosts at
+    # half an inch each would be a 50,000-pixel picture that takes minutes to draw).
+    side = min(MAX_SIDE_IN, max(3.2, 0.5 * len(hosts) + 1.8))
     fig = Figure(figsize=(side * len(found) + 1.2 * len(found), side + 0.9), dpi=DPI,
                  layout="constrained")
     for ax, (panel, matrix) in zip(fig.subplots(1, len(found), squeeze=False)[0], found):
@@ -145,11 +152,13 @@ def heatmap(fig, ax, panel: Panel, matrix: Matrix, hosts: list[str]) -> None:
                panel.unit, limit, panel.log_scale)
     size = max(5.0, min(9.0, 110 / max(1, len(hosts))))  # smaller with more hosts
     annotate(ax, grid, hosts, slow_cells(matrix, panel.high_is_slow),
-             lambda v: ink(cmap(norm(v))), size)
+             lambda v: ink(cmap(norm(v))), size, values=len(hosts) <= VALUES_UP_TO)
     ax.set_title(panel.title, fontsize=9)
-    ax.set_xticks(range(len(hosts)), hosts, rotation=90 if len(hosts) > 6 else 0,
+    step = max(1, len(hosts) // VALUES_UP_TO)  # beyond, every step-th name
+    ticks = range(0, len(hosts), step)
+    ax.set_xticks(ticks, [hosts[i] for i in ticks], rotation=90 if len(hosts) > 6 else 0,
                   fontsize=size)
-    ax.set_yticks(range(len(hosts)), hosts, fontsize=size)
+    ax.set_yticks(ticks, [hosts[i] for i in ticks], fontsize=size)
     if not panel.high_is_slow:  # latency is the same both ways; bandwidth is not
         ax.set_xlabel("to")
         ax.set_ylabel("from")
@@ -191,8 +200,9 @@ def colour_bar(bar, unit: str, limit: tuple[float, float] | None, log_scale: boo
 
 
 def annotate(ax, grid, hosts: list[str], slow: set[Cell], colour: Callable[[float], str],
-             size: float) -> None:
-    """Each cell's value in it (bold where slow), and a frame around the slow cells."""
+             size: float, values: bool = True) -> None:
+    """Each cell's value in it (bold where slow; none when not `values`), and a frame around
+    the slow cells."""
     from matplotlib.patches import Rectangle
 
     for i, row in enumerate(grid.tolist()):
@@ -200,8 +210,9 @@ def annotate(ax, grid, hosts: list[str], slow: set[Cell], colour: Callable[[floa
             if value is None:  # masked: no figure
                 continue
             marked = (hosts[i], hosts[j]) in slow
-            ax.text(j, i, value_text(value), ha="center", va="center", fontsize=size,
-                    color=colour(value), fontweight="bold" if marked else "normal")
+            if values:
+                ax.text(j, i, value_text(value), ha="center", va="center", fontsize=size,
+                        color=colour(value), fontweight="bold" if marked else "normal")
             if marked:
                 ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False,
                                        edgecolor="#1f4fd1", linewidth=2.2))
