@@ -122,6 +122,26 @@ def report(rows: list[dict], model: dict, console: Console) -> None:
             f"{n} hosts {s} s" for n, s in m["predicted_s"].items()))
 
 
+def markdown(rows: list[dict], model: dict) -> str:
+    """The table and the model as the README shows them."""
+    lines = ["| hosts | mode | total | kept | probe | mesh | MPI (launch + pairs) | launcher CPU "
+             "per host |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        ph = row["phases"]
+        mpi = ph.get("mpi", {})
+        cpu = sum(p.get("launcher_cpu_s", 0.0) for p in ph.values()) / row["hosts"]
+        lines.append(
+            f"| {row['hosts']} | {'--bandwidth' if row['bandwidth'] else 'plain'} | "
+            f"{row['seconds']:.1f} | {row['kept']} | {ph.get('probe', {}).get('wall_s', 0):.1f} | "
+            f"{ph.get('mesh', {}).get('wall_s', 0):.1f} | {mpi.get('wall_s', 0):.1f} "
+            f"({mpi.get('launch_s', 0):.1f} + {mpi.get('pairs_s', 0):.1f}) | {cpu:.3f} s |")
+    for key, m in model.items():
+        lines.append("")
+        lines.append(f"Model, {key}: " + ", ".join(f"{n} hosts {v:.0f} s"
+                                                   for n, v in m["predicted_s"].items()))
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], model: dict):
     fig, ax = new_figure("Preflight wall time: measured here, and the model to 1,000 hosts")
     for key, style in (("plain", "o"), ("bandwidth", "s")):
@@ -143,6 +163,7 @@ def run(cluster: Cluster, host_counts: Sequence[int], console: Console, say: Say
     model = models(rows)
     report(rows, model, console)
     result = {"rows": rows, "model": model, "cores": CORES, "window": WINDOW}
+    console.print(markdown(rows, model), markup=False, highlight=False)
     paths = [write_json(NAME, result), plot(rows, model)]
     console.print("wrote " + ", ".join(str(p) for p in paths))
     return result

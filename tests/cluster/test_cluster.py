@@ -193,7 +193,7 @@ def test_ssh_config_block_is_at_the_top_of_the_users_config(cluster):
 BAD_INPUT = [
     (["frobnicate"], "unknown command"),
     (["up", "0"], "host count '0'"),
-    (["up", "33"], "host count '33'"),
+    (["up", "129"], "host count '129'"),
     (["up", "three"], "host count 'three'"),
     (["up", "3", "--decoy-bridge", "h4"], "unknown host 'h4'"),
     (["up", "3", "--mtu", "h1=big"], "not a valid MTU"),

@@ -374,9 +374,6 @@ def main(argv: list[str] | None = None) -> int:
     rank = comm.Get_rank()
     start = time.monotonic()
     emit({"event": "init", "rank": rank, "host": socket.gethostname()})
-    # The pair rounds run on a clock each rank starts for itself: start it together, napping,
-    # or ranks that got out of MPI_Init late (on shared cores, seconds late) miss their slots.
-    settle(comm.Ibarrier())
     pairs_from = time.monotonic()
     measure_pairs(comm, args.size_mib, args.bandwidth, args.pair_wait_s, args.seed)
     pairs_s = time.monotonic() - pairs_from
