@@ -14,9 +14,9 @@ die() { printf 'make new-project: %s\n' "$*" >&2; exit 2; }
 NAME=$(basename "$(realpath -m "$DEST")")
 [[ $NAME =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "'$NAME' is not a usable project name: use letters, digits, '.', '_' and '-'"
 
-# What a new project does not need: this repository's benchmarks and history, and the test of
-# this command with its regression example.
-EXCLUDE='^(bench/|tests/regression_example/|tests/test_(new_project|bench)\.py$)'
+# What a new project does not need: this repository's benchmarks and history, its 100-host
+# scale test (built on the benchmarks), and the test of this command with its regression example.
+EXCLUDE='^(bench/|tests/regression_example/|tests/scale/|tests/test_(new_project|bench)\.py$)'
 
 mkdir -p "$DEST"
 git -C "$ROOT" ls-files -z --cached --others --exclude-standard |
@@ -30,7 +30,8 @@ git -C "$ROOT" ls-files -z --cached --others --exclude-standard |
 # Its own name in the README title and the package metadata; no bench target.
 sed -i "1s/.*/# $NAME/" "$DEST/README.md"
 sed -i "0,/^name = .*/s//name = \"$NAME\"/" "$DEST/pyproject.toml"
-sed -i -e '/^bench:/,/^$/d' -e 's/ bench / /' -e 's| $(wildcard bench/results)||' -e '/^| `make bench`/d' \
+sed -i -e '/^bench:/,/^$/d' -e '/^test-scale:/,/^$/d' -e 's/ bench / /' -e 's/ test-scale / /' \
+  -e 's| $(wildcard bench/results)||' -e '/^| `make bench`/d' -e '/^| `make test-scale`/d' \
   "$DEST/Makefile" "$DEST/README.md"
 sed -i '/^bench\//d' "$DEST/.gitignore"
 sed -i '/^## Benchmarks/,/^## /{/^## Benchmarks/d;/^## /!d}' "$DEST/README.md"

@@ -4,7 +4,7 @@ The launcher's CPU is what this machine spends on the hosts: this process, the p
 started (ssh clients, mpirun) and the ssh masters it left running in the background (they
 leave the process tree, so they are found by their control socket's directory). On a real
 cluster that is the part that grows with the number of hosts on one machine; the hosts' own
-work runs on the hosts. The README's cost model is built from these figures (bench/scale_cost.py).
+work runs on the hosts. The README's cost model (At scale) is built from these figures.
 """
 
 from __future__ import annotations
