@@ -38,7 +38,7 @@ submit: setup ## sbatch template/train.sbatch: preflight + train in a Slurm job 
 test: setup ## run the whole test suite (unit and simulated cluster; needs root for the cluster)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
-test-scale: setup ## 100 simulated hosts: all kept, plain and --bandwidth, against horovodrun (about 10 min; root)
+test-scale: setup ## 100 simulated hosts: all kept, plain and --bandwidth, against horovodrun (about 5 min; root)
 	@$(PY) -m pytest tests/scale -s $(PYTEST_ARGS)
 
 test-unit: setup ## run the tests that need no cluster

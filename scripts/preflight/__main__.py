@@ -10,6 +10,11 @@ A host that times out is tried again after the others before it fails (passing t
 warning), and a group test that fails is narrowed to the hosts behind it by runs of fewer
 hosts: one bad host does not cost the healthy ones their place (README: How a host is blamed).
 
+Beyond 16 hosts the pairwise tests measure each host against 5-8 others (the ring and 6 random
+pairings, a new draw each run; the report's "sampling" says which), so their rounds do not grow
+with the hosts; the probes go out as many at once as the answers stay quick, and the report's
+"phases" has each phase's time (README: At scale).
+
 Exit codes: 0 every host healthy; 1 some hosts are out (the hostfile lists the healthy ones;
 with none healthy no hostfile is written and an old one is removed); 2 bad input (nothing
 written); 3 the preflight itself failed (a bug: the traceback says where).
