@@ -26,13 +26,15 @@ class Phases:
     def __init__(self, marker: str | None = None) -> None:
         self.marker = marker  # a path in the command line of our ssh masters
         self.rows: dict[str, dict[str, float]] = {}
-        self._counted: dict[int, float] = {}  # CPU seconds already put on a phase, per pid
+        # CPU seconds already put on a phase (or spent before the first), per pid
+        self._counted: dict[int, float] = live_cpu_s(None)
         self._reaped = reaped_cpu_s()
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        """Times the block; the launcher's CPU since the last phase ended goes to this one
+        (one look at the process table a phase: it costs milliseconds)."""
         started = time.monotonic()
-        self.cpu_since_last()
         try:
             yield
         finally:
