@@ -1,6 +1,6 @@
-"""100 simulated hosts: every healthy host kept, plain and with --bandwidth, in less time than
-horovodrun's own interface discovery over the same hosts (`make test-scale`, not in `make test`:
-the cluster alone takes about a minute to build).
+"""100 simulated hosts: every healthy host kept, plain and with --bandwidth, timed against
+horovodrun over the same hosts: its launch of a trivial job, and its interface discovery
+(`make test-scale`, not in `make test`: the cluster alone takes about a minute to build).
 
 The preflight runs from h1 under the common soft limit of 1,024 open files (it raises the limit
 itself). horovodrun gets --start-timeout 300, which it needs at this size; its discovery is
