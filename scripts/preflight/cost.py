@@ -49,7 +49,7 @@ class Phases:
         """Launcher CPU seconds since the last call: each process's growth, counted once (a
         child reaped since then brings its whole time into os.times(), less what was counted
         while it ran)."""
-        now = {p: s for p, s in live_cpu_s(self.marker).items()}
+        now = live_cpu_s(self.marker)
         grown = sum(max(0.0, s - self._counted.get(p, 0.0)) for p, s in now.items())
         gone = sum(s for p, s in self._counted.items() if p not in now)
         reaped = reaped_cpu_s()

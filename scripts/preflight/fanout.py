@@ -58,6 +58,7 @@ def start_all(names: list[str], attempt: Callable[[str], object], window: Window
     started: dict[str, float] = {}
     queue = list(names)
     running: set[Future] = set()
+    answered = 0
     while queue:
         while queue and len(running) < window.size:
             name = queue.pop(0)
@@ -68,5 +69,6 @@ def start_all(names: list[str], attempt: Callable[[str], object], window: Window
         for future in done:
             if future.exception() is None:
                 window.answered(took(future.result()))
-        on_answer(sum(f.done() for f in futures.values()))
+        answered += len(done)
+        on_answer(answered)
     return futures, started

@@ -44,7 +44,7 @@ from .isolate import Budget, isolate
 
 PROBE_SOURCE = source("mpi_probe")
 # What starting one more host adds to a group run, allowed on top of its timeout: measured on
-# 2 shared cores, 100 hosts took 25-55 s from mpirun to every rank past MPI_Init (an ssh
+# 2 shared cores, 100 hosts took 19-23 s from mpirun to the ranks past MPI_Init (an ssh
 # session, an orted, a Python with mpi4py each); a real cluster starts them side by side.
 LAUNCH_PER_HOST_S = 0.3
 PAIR_SHARE = 0.7  # of the timeout, for the pair rounds; the rest is for launch and allreduce
