@@ -19,9 +19,9 @@ help: ## list the targets
 setup: ## install system packages, the venv and Horovod (does nothing when done; TF=2.15: the old stack)
 	@bash scripts/setup.sh
 
-preflight: setup ## check every host, write hostfile and preflight.json (HOSTS=, INVENTORY=)
+preflight: setup ## check every host, write hostfile and preflight.json (HOSTS=, INVENTORY=, INTERFACE=)
 	@$(PY) -m preflight $(if $(HOSTS),--hosts "$(HOSTS)") $(if $(INVENTORY),--inventory "$(INVENTORY)") \
-		--hostfile "$(or $(HOSTFILE),hostfile)" --report "$(REPORT)" $(PREFLIGHT_ARGS)
+		$(if $(INTERFACE),--interface "$(INTERFACE)") --hostfile "$(or $(HOSTFILE),hostfile)" --report "$(REPORT)" $(PREFLIGHT_ARGS)
 
 train: setup ## preflight, then horovodrun template/train.py (HOSTFILE=, NP=, EPOCHS=, DATA=, RESUME=, ELASTIC=1, ...)
 	@$(PY) -m preflight.train

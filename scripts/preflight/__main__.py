@@ -1,8 +1,10 @@
 """preflight: check the hosts for distributed training, then write the hostfile and a report.
 
 Checks each host's ssh login, names, interfaces, software, resources and clock from one probe
-per host, picks the interface every host reaches every other through, then tests TCP, the path
-MTU and packet loss between the healthy hosts and runs an MPI allreduce over them. With
+per host, picks the interface every host reaches every other through (where several networks
+reach every host: the one that carries the most in a short burst between a few pairs;
+--interface forces one), then tests TCP, the path MTU and packet loss between the healthy hosts
+and runs an MPI allreduce over them. With
 --bandwidth it also measures MPI bandwidth per host pair and draws latency and bandwidth as two
 heatmaps beside the report (preflight.json -> preflight-network.png).
 
@@ -59,6 +61,10 @@ def parser() -> argparse.ArgumentParser:
                    help="also measure the MPI bandwidth matrix (slower), and draw latency and "
                         "bandwidth per host pair beside the report (preflight.json -> "
                         "preflight-network.png; the slow pairs outlined; needs matplotlib)")
+    p.add_argument("--interface", metavar="NAME|CIDR",
+                   help="use this network for the job (an interface name such as eth2, or a "
+                        "CIDR such as 10.0.0.0/24) instead of the one chosen; it is checked "
+                        "like any other, and a note says if another network measured faster")
     p.add_argument("--no-mpi", action="store_true", help="skip the MPI allreduce test")
     p.add_argument("--deep", action="store_true",
                    help="also run one real Horovod allreduce through horovodrun on the hosts "
@@ -155,7 +161,7 @@ def run(argv: list[str] | None) -> int:
         progress(note)
     options = pipeline.Options(timeout_s=args.timeout, bandwidth=args.bandwidth,
                                mpi=not args.no_mpi, neighbours=args.neighbours,
-                               elastic=args.elastic, deep=args.deep)
+                               elastic=args.elastic, deep=args.deep, interface=args.interface)
     with progress.running():
         outcome = pipeline.run(inventory, options, progress, phases)
     outcome, written = report.write_outputs(outcome, args.hostfile, args.report,

@@ -8,6 +8,15 @@ by the most hosts wins; ties go to the subnet holding the addresses the host nam
 then to physical over virtual interfaces, then to non-bridges, then to faster links, then to
 private addresses. One host alone uses loopback. Interface names may differ between hosts:
 Open MPI takes the CIDR, Gloo and NCCL take the per-host names.
+
+Where several subnets reach the same hosts (a management LAN where the names resolve and a data
+network), that order is only where the choice starts: contenders() lists them, the runner
+(active/networks.py) measures what each carries in a short burst between the same few pairs,
+and choose_interface() takes the fastest, keeping the first in that order unless another
+carries TIE_RATIO times more (two equal networks measure a little apart on a loaded machine).
+A subnet on which a pair could not connect that connected on another is passed over: it is
+broken there, whoever else it reaches. --interface forces a subnet by name or CIDR; it is
+checked like any other, and a note says when another measured faster.
 """
 
 from __future__ import annotations
@@ -16,10 +25,61 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .errors import UserError
 from .facts import Facts, Interface
 
 LOOPBACK_CIDR = "127.0.0.0/8"
 LOOPBACK_IF = "lo"
+TIE_RATIO = 1.5  # a later-ranked subnet wins only when it carries this many times more
+
+
+@dataclass(frozen=True)
+class Carried:
+    """What one subnet carried in the race: one entry per pair, {"from", "to", "MBps",
+    "rtt_ms"} where the burst crossed, {"from", "to", "error"} where it did not."""
+
+    cidr: str
+    interface: str
+    pairs: tuple[dict, ...]
+
+    @property
+    def worked(self) -> list[dict]:
+        return [p for p in self.pairs if "error" not in p]
+
+    @property
+    def rate_MBps(self) -> float:
+        """The median pair's rate; 0 where no pair got through."""
+        rates = sorted(p["MBps"] for p in self.worked)
+        return rates[len(rates) // 2] if rates else 0.0
+
+    @property
+    def rtt_ms(self) -> float | None:
+        rtts = sorted(p["rtt_ms"] for p in self.worked)
+        return rtts[len(rtts) // 2] if rtts else None
+
+    def words(self) -> str:
+        """'eth2 10.233.0.0/24: 1.1 GB/s, 0.05 ms' or why nothing was measured."""
+        head = f"{self.interface} {self.cidr}"
+        if not self.worked:
+            first = self.pairs[0] if self.pairs else {"error": "no pair to measure"}
+            return f"{head}: nothing crossed ({pair_words(first)})"
+        return f"{head}: {rate_text(self.rate_MBps)}, {self.rtt_ms:g} ms"
+
+    def as_dict(self) -> dict:
+        return {"cidr": self.cidr, "interface": self.interface,
+                "MBps": round(self.rate_MBps, 1), "rtt_ms": self.rtt_ms,
+                "pairs": list(self.pairs)}
+
+
+def pair_words(pair: dict) -> str:
+    return f"{pair.get('from')}->{pair.get('to')}: {pair.get('error', 'ok')}"
+
+
+def rate_text(MBps: float) -> str:
+    """11 MB/s, 1.1 GB/s, 0.4 MB/s: decimal units, as link speeds are sold."""
+    if MBps >= 1000:
+        return f"{MBps / 1000:.1f} GB/s"
+    return f"{MBps:.0f} MB/s" if MBps >= 10 else f"{MBps:.1f} MB/s"
 
 
 @dataclass(frozen=True)
@@ -61,6 +121,7 @@ class InterfaceChoice:
     reach: int = 0  # hosts in the chosen subnet
     of: int = 0  # hosts considered
     passed_over: tuple[tuple[str, frozenset[str]], ...] = ()  # (why, hosts it concerns)
+    carried: tuple[Carried, ...] = ()  # the subnets raced, in the order they were ranked
 
     @property
     def interface(self) -> str | None:
@@ -113,31 +174,116 @@ def rank(c: Candidate, resolved: Mapping[str, set[str]]) -> tuple:
     return (len(c.members), hits, physical, unbridged, speed, c.network.is_private, exact)
 
 
+def ranked(facts: Mapping[str, Facts], resolved: Mapping[str, set[str]]
+           ) -> tuple[list[Candidate], list[Candidate]]:
+    """The decoys (an address held by two hosts) and the other subnets, best first."""
+    cands = candidates(facts)
+    decoys = [c for c in cands if c.shared_addresses]
+    fair = [c for c in cands if not c.shared_addresses]
+    fair.sort(key=lambda c: rank(c, resolved), reverse=True)
+    return decoys, fair
+
+
+def contenders(facts: Mapping[str, Facts], resolved: Mapping[str, set[str]]
+               ) -> list[InterfaceChoice]:
+    """The subnets worth a race: the first-ranked and every other that reaches the same hosts
+    (at least two), in rank order; empty where there is nothing to choose between."""
+    _, fair = ranked(facts, resolved)
+    if not fair or len(fair[0].members) < 2:
+        return []
+    rivals = [c for c in fair if set(c.hosts) == set(fair[0].hosts)]
+    return [as_choice(c, len(facts)) for c in rivals] if len(rivals) > 1 else []
+
+
+def as_choice(c: Candidate, of: int, over: Sequence[tuple[str, frozenset[str]]] = (),
+              carried: Sequence[Carried] = ()) -> InterfaceChoice:
+    return InterfaceChoice(
+        str(c.network), names={m.host: m.interface.name for m in c.members},
+        addresses={m.host: str(m.address.ip) for m in c.members},
+        mtus={m.host: m.interface.mtu for m in c.members},
+        reach=len(c.members), of=of, passed_over=tuple(over), carried=tuple(carried))
+
+
 def choose_interface(facts: Mapping[str, Facts], resolved: Mapping[str, set[str]],
-                     hosts: Sequence[str], loopback_ok: bool = True) -> InterfaceChoice:
+                     hosts: Sequence[str], loopback_ok: bool = True, forced: str | None = None,
+                     carried: Sequence[Carried] = ()) -> InterfaceChoice:
     """The subnet for the job, per-host names and addresses, and what was passed over.
 
     facts: the hosts that answered; resolved: addresses each host name resolves to (loopback
     left out); hosts: the whole inventory. One host alone uses loopback when loopback_ok (it is
     this machine); a lone remote host gets its real interface, which mpirun here must reach.
+    forced: an interface name or a CIDR (--interface); carried: the race of contenders().
     """
-    if len(hosts) == 1 and loopback_ok:
+    if len(hosts) == 1 and loopback_ok and not forced:
         return _loopback_choice(hosts[0], facts)
-    cands = candidates(facts)
-    decoys = [c for c in cands if c.shared_addresses]
-    fair = [c for c in cands if not c.shared_addresses]
-    fair.sort(key=lambda c: rank(c, resolved), reverse=True)
+    decoys, fair = ranked(facts, resolved)
+    pool = matching(forced, fair, decoys) if forced else fair
     needed = 1 if len(facts) == 1 else 2
-    best = fair[0] if fair and len(fair[0].members) >= needed else None
-    over = _passed_over(facts, decoys, fair, best)
+    best = pool[0] if pool and len(pool[0].members) >= needed else None
+    raced = {c.cidr: c for c in carried}
+    verdict: list[tuple[str, frozenset[str]]] = []
+    if best is not None and len(raced) > 1:
+        if not forced:
+            best = fastest([c for c in fair if str(c.network) in raced], raced)
+        verdict = [(race_words(best, raced, forced), frozenset(best.hosts))]
+    over = verdict + _passed_over(facts, decoys, fair, best, set(raced), forced)
     if best is None:
         return InterfaceChoice(None, of=len(facts), passed_over=tuple(over))
-    return InterfaceChoice(
-        str(best.network),
-        names={m.host: m.interface.name for m in best.members},
-        addresses={m.host: str(m.address.ip) for m in best.members},
-        mtus={m.host: m.interface.mtu for m in best.members},
-        reach=len(best.members), of=len(facts), passed_over=tuple(over))
+    return as_choice(best, len(facts), over, carried)
+
+
+def matching(forced: str, fair: list[Candidate], decoys: list[Candidate]) -> list[Candidate]:
+    """The subnets --interface names (an interface name on some host, or a network that
+    overlaps the CIDR), best first; a UserError where none does or only a decoy does."""
+    try:
+        wanted = ipaddress.ip_network(forced, strict=False)
+    except ValueError:
+        wanted = None
+
+    def named(c: Candidate) -> bool:
+        if wanted is not None:
+            return wanted.version == 4 and c.network.overlaps(wanted)
+        return any(m.interface.name == forced for m in c.members)
+    found = [c for c in fair if named(c)]
+    if found:
+        return found
+    offered = "; ".join(f"{c.names()} {c.network}" for c in fair) or "none"
+    if any(named(c) for c in decoys):
+        raise UserError(f"--interface {forced} is a per-host bridge with the same address on "
+                        "several hosts (docker0-like): no host reaches another through it",
+                        f"name a network the hosts share; they have: {offered}")
+    raise UserError(f"--interface {forced}: no host that answered has an interface of that "
+                    "name or an address in that network",
+                    f"give a name or CIDR the hosts have: {offered}")
+
+
+def fastest(raced: list[Candidate], carried: Mapping[str, Carried]) -> Candidate:
+    """The first of raced (in rank order) within TIE_RATIO of the fastest, leaving out a subnet
+    where a pair did not connect that did on another subnet. Where nothing crossed anywhere the
+    first stands: the fault is then the hosts', and the mesh test finds it."""
+    crossed = {(p["from"], p["to"]) for c in carried.values() for p in c.worked}
+
+    def broken(c: Candidate) -> bool:
+        return any((p["from"], p["to"]) in crossed for p in carried[str(c.network)].pairs
+                   if "error" in p)
+    whole = [c for c in raced if not broken(c)] or raced
+    top = max(carried[str(c.network)].rate_MBps for c in whole)
+    return next(c for c in whole if carried[str(c.network)].rate_MBps * TIE_RATIO >= top)
+
+
+def race_words(best: Candidate, carried: Mapping[str, Carried], forced: str | None) -> str:
+    """'eth0 10.231.0.0/24: 11 MB/s, 0.3 ms; eth2 10.233.0.0/24: 1.1 GB/s, 0.05 ms: eth2
+    chosen', or with --interface, the forced one and whether another measured faster."""
+    words = "; ".join(c.words() for c in carried.values())
+    mine = carried.get(str(best.network))
+    if forced is None:
+        return f"measured {words}: {best.names()} chosen"
+    faster = [c for c in carried.values()
+              if mine is not None and c.rate_MBps > TIE_RATIO * mine.rate_MBps]
+    if faster:
+        return (f"--interface {forced} forced although another network is faster: {words}; "
+                f"without --interface {faster[0].interface} would be chosen")
+    return f"--interface {forced} forced; measured {words}"
 
 
 def _loopback_choice(host: str, facts: Mapping[str, Facts]) -> InterfaceChoice:
@@ -149,7 +295,8 @@ def _loopback_choice(host: str, facts: Mapping[str, Facts]) -> InterfaceChoice:
 
 
 def _passed_over(facts: Mapping[str, Facts], decoys: list[Candidate], fair: list[Candidate],
-                 best: Candidate | None) -> list[tuple[str, frozenset[str]]]:
+                 best: Candidate | None, raced: set[str] = frozenset(),
+                 forced: str | None = None) -> list[tuple[str, frozenset[str]]]:
     every = len(facts)
     chosen = {(m.host, m.interface.name) for m in best.members} if best else set()
     over: list[tuple[str, frozenset[str]]] = []
@@ -158,13 +305,16 @@ def _passed_over(facts: Mapping[str, Facts], decoys: list[Candidate], fair: list
         over.append((f"{c.names()} {' '.join(c.shared_addresses)} on {where} (same address: "
                      "a per-host bridge)", frozenset(c.hosts)))
     for c in fair:
-        if c is best or all((m.host, m.interface.name) in chosen for m in c.members):
+        if c is best or all((m.host, m.interface.name) in chosen for m in c.members) \
+                or str(c.network) in raced:  # the race's line says why
             continue
         if len(c.members) == 1:
             why = f"{c.names()} {c.network} on {c.hosts[0]} reaches no other host"
         else:
             why = f"{c.names()} {c.network} reaches {len(c.members)} of {every} hosts"
-            if best is not None and len(c.members) == len(best.members):
+            if forced:
+                why += f" (not --interface {forced})"
+            elif best is not None and len(c.members) == len(best.members):
                 why += " (ranked lower)"
         over.append((why, frozenset(c.hosts)))
     for host, f in facts.items():

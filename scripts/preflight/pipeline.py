@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import agents, checks, fanout
-from .active import deep
+from .active import deep, networks
 from .active import mesh as mesh_runner
 from .active import mpi as mpi_runner
 from .agents import parse_event
 from .agents.mpi_probe import ALL_PAIRS_UP_TO, MATCHINGS, partners
 from .checks import loss, mesh, mpi, mtu, resolve
 from .checks.context import Context
-from .choice import InterfaceChoice, choose_interface
+from .choice import InterfaceChoice, choose_interface, contenders
 from .cost import Phases
 from .errors import UserError
 from .facts import Facts, HostProbe, Interface
@@ -66,6 +66,7 @@ class Options:
     project: str = str(PROJECT_DIR)
     script: str = str(TRAIN_SCRIPT)
     seed: int | None = None  # of the random pairings beyond ALL_PAIRS_UP_TO hosts; None: new
+    interface: str | None = None  # --interface: a name or CIDR that forces the choice
 
 
 @dataclass(frozen=True)
@@ -214,9 +215,10 @@ def run(inventory: Inventory, options: Options, say: Say = lambda _: None,
         facts = {h: p.facts for h, p in probes.items() if p.facts is not None}
         say(f"facts from {len(facts)} of {len(names)} host(s) in "
             f"{time.monotonic() - started:.1f} s")
+        choice = pick_network(ssh, inventory, probes, facts, options, say, phases)
         with phases.phase("checks"):
             slots = host_slots(inventory.hosts, facts)
-            choice = host_checks(inventory, probes, facts, slots, options, results)
+            host_checks(inventory, probes, facts, slots, choice, options, results)
         seed = random.randrange(2**31) if options.seed is None else options.seed
         options = dataclasses.replace(options, seed=seed)
         matrices, sampled = active_tests(ssh, choice, slots, options, results, say, phases)
@@ -255,21 +257,34 @@ def launcher(inventory: Inventory, probes: Mapping[str, HostProbe],
     return next((h for h in order if h in facts), None)
 
 
-def host_checks(inventory: Inventory, probes: Mapping[str, HostProbe],
-                facts: Mapping[str, Facts], slots: Mapping[str, int], options: Options,
-                results: dict[str, list[CheckResult]]) -> InterfaceChoice:
-    """Every host family of the registry on every host; returns the interface chosen."""
+def pick_network(ssh: Ssh, inventory: Inventory, probes: Mapping[str, HostProbe],
+                 facts: Mapping[str, Facts], options: Options, say: Say, phases: Phases
+                 ) -> InterfaceChoice:
+    """The subnet for the job (choice.py); where several reach the same hosts, after a race
+    of what each carries (active/networks.py)."""
     names = inventory.names
     resolved = {n: resolve.resolved_addresses(n, facts) for n in names}
     alone_here = len(names) == 1 and probes[names[0]].local
-    ctx = Context(probes, facts, choose_interface(facts, resolved, names, loopback_ok=alone_here),
-                  slots, frozenset(h.name for h in inventory.hosts if h.slots is not None),
+    rivals = contenders(facts, resolved) if not alone_here else []
+    carried = []
+    if len(rivals) > 1:
+        with phases.phase("networks"):
+            carried = networks.race(ssh, rivals, options.python, options.timeout_s,
+                                    options.bandwidth, say)
+    return choose_interface(facts, resolved, names, alone_here, options.interface, carried)
+
+
+def host_checks(inventory: Inventory, probes: Mapping[str, HostProbe],
+                facts: Mapping[str, Facts], slots: Mapping[str, int], choice: InterfaceChoice,
+                options: Options, results: dict[str, list[CheckResult]]) -> None:
+    """Every host family of the registry on every host, with the interface chosen."""
+    ctx = Context(probes, facts, choice, slots,
+                  frozenset(h.name for h in inventory.hosts if h.slots is not None),
                   launcher(inventory, probes, facts), options.timeout_s, mpi=options.mpi,
                   strict_names=options.elastic or any(f.gpus for f in facts.values()))
-    for name in names:
+    for name in inventory.names:
         for family in checks.HOST_FAMILIES:
             results[name] += family.check(name, ctx)
-    return ctx.choice
 
 
 def healthy(names: list[str], results: Mapping[str, list[CheckResult]]) -> list[str]:

@@ -84,6 +84,9 @@ def document(outcome: Outcome) -> dict:
     doc = outcome.report.as_dict()
     doc["matrices"] = outcome.matrices
     doc["passed_over"] = outcome.choice.passed_over_for()
+    if outcome.choice.carried:  # the networks raced: what each carried, which won
+        doc["networks"] = [{**c.as_dict(), "chosen": c.cidr == outcome.choice.cidr}
+                           for c in outcome.choice.carried]
     if outcome.sampling:
         doc["sampling"] = outcome.sampling
     if outcome.phases:

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
+from preflight import agents
+from preflight.active.networks import measured, pick_pairs
 from preflight.checks import interface
-from preflight.choice import choose_interface
+from preflight.choice import Carried, choose_interface, contenders, rate_text
+from preflight.errors import UserError
 from preflight.facts import Facts
 from preflight.result import Status
 
@@ -236,3 +243,114 @@ def test_one_remote_host_alone_gets_its_real_interface_not_loopback():
     facts = cluster(hosts=["h2"])
     choice = choose_interface(facts, RESOLVED, ["h2"], loopback_ok=False)
     assert (choice.cidr, choice.names) == ("10.231.0.0/24", {"h2": "eth0"})
+
+
+# --- several networks reach every host: the race decides (issue: choose the fastest) -----------
+
+def with_data_net(host, raw):
+    add_iface(raw, "eth2", f"10.233.0.{10 + HOSTS.index(host) + 1}/24")
+
+
+def carried(cidr, name, MBps=None, error=None, pairs=(("h1", "h2"),)):
+    entry = {"error": error} if error else {"MBps": MBps, "rtt_ms": 0.1}
+    return Carried(cidr, name, tuple({"from": a, "to": b, **entry} for a, b in pairs))
+
+
+def test_two_networks_to_every_host_are_contenders_in_todays_order():
+    rivals = contenders(cluster(with_data_net), RESOLVED)
+    assert [r.cidr for r in rivals] == ["10.231.0.0/24", "10.233.0.0/24"]
+    assert rivals[1].addresses["h3"] == "10.233.0.13"
+    assert contenders(cluster(), RESOLVED) == []  # eth1 on h2 alone reaches nobody
+
+
+def test_the_network_that_carries_most_is_chosen_and_the_line_gives_both_rates():
+    race = [carried("10.231.0.0/24", "eth0", 11.0), carried("10.233.0.0/24", "eth2", 1100.0)]
+    choice = choose_interface(cluster(with_data_net), RESOLVED, HOSTS, carried=race)
+    assert choice.cidr == "10.233.0.0/24"
+    assert choice.names == {"h1": "eth2", "h2": "eth2", "h3": "eth2"}
+    line = choice.passed_over_for("h1")[0]
+    assert line == ("measured eth0 10.231.0.0/24: 11 MB/s, 0.1 ms; eth2 10.233.0.0/24: "
+                    "1.1 GB/s, 0.1 ms: eth2 chosen")
+    assert not any("ranked lower" in p for p in choice.passed_over_for())
+
+
+def test_a_tie_keeps_todays_order():
+    race = [carried("10.231.0.0/24", "eth0", 900.0), carried("10.233.0.0/24", "eth2", 1100.0)]
+    choice = choose_interface(cluster(with_data_net), RESOLVED, HOSTS, carried=race)
+    assert choice.cidr == "10.231.0.0/24"  # 1.2x apart is noise, not a faster network
+
+
+def test_a_network_where_a_pair_could_not_connect_that_did_on_another_is_passed_over():
+    race = [carried("10.231.0.0/24", "eth0", 11.0),
+            carried("10.233.0.0/24", "eth2", error="could not connect: timed out")]
+    choice = choose_interface(cluster(with_data_net), RESOLVED, HOSTS, carried=race)
+    assert choice.cidr == "10.231.0.0/24"
+    assert "eth2 10.233.0.0/24: nothing crossed (h1->h2: could not connect: timed out)" in \
+        choice.passed_over_for("h2")[0]
+
+
+def test_a_pair_that_fails_everywhere_does_not_disqualify_a_network():
+    race = [Carried("10.231.0.0/24", "eth0", ({"from": "h1", "to": "h2", "error": "refused"},
+                                              {"from": "h3", "to": "h1", "MBps": 11.0,
+                                               "rtt_ms": 0.2})),
+            Carried("10.233.0.0/24", "eth2", ({"from": "h1", "to": "h2", "error": "refused"},
+                                              {"from": "h3", "to": "h1", "MBps": 900.0,
+                                               "rtt_ms": 0.1}))]
+    choice = choose_interface(cluster(with_data_net), RESOLVED, HOSTS, carried=race)
+    assert choice.cidr == "10.233.0.0/24"  # h1->h2 is a host's fault: the mesh will say whose
+
+
+def test_interface_forces_the_choice_by_name_or_cidr_with_a_note_when_slower():
+    race = [carried("10.231.0.0/24", "eth0", 11.0), carried("10.233.0.0/24", "eth2", 1100.0)]
+    for forced in ("eth0", "10.231.0.0/24", "10.231.0.12/32"):
+        choice = choose_interface(cluster(with_data_net), RESOLVED, HOSTS, forced=forced,
+                                  carried=race)
+        assert choice.cidr == "10.231.0.0/24", forced
+        note = choice.passed_over_for("h1")[0]
+        assert note.startswith(f"--interface {forced} forced although another network is "
+                               "faster: eth0 10.231.0.0/24: 11 MB/s")
+        assert "without --interface eth2 would be chosen" in note
+
+
+def test_interface_that_no_host_has_is_bad_input_naming_what_the_hosts_have():
+    with pytest.raises(UserError) as caught:
+        choose_interface(cluster(with_data_net), RESOLVED, HOSTS, forced="ib0")
+    assert "--interface ib0: no host that answered" in caught.value.message
+    assert "eth0 10.231.0.0/24" in caught.value.remedy and "eth2 10.233.0.0/24" in \
+        caught.value.remedy
+    with pytest.raises(UserError, match="per-host bridge"):
+        choose_interface(cluster(with_data_net), RESOLVED, HOSTS, forced="docker0")
+
+
+def test_rates_read_in_sensible_units():
+    assert [rate_text(x) for x in (0.42, 11.0, 117.4, 1100.0)] == \
+        ["0.4 MB/s", "11 MB/s", "117 MB/s", "1.1 GB/s"]
+
+
+def test_race_pairs_are_disjoint_first_then_from_the_ring():
+    assert pick_pairs(["h1", "h2"], 2) == [("h1", "h2")]
+    assert pick_pairs(["h1", "h2", "h3"], 2) == [("h1", "h2"), ("h2", "h3")]
+    assert pick_pairs(["h1", "h2", "h3", "h4", "h5"], 2) == [("h1", "h2"), ("h3", "h4")]
+    assert pick_pairs(["h1", "h2", "h3", "h4"], 4) == [("h1", "h2"), ("h3", "h4"),
+                                                       ("h2", "h3"), ("h4", "h1")]
+
+
+def test_burst_agent_measures_a_rate_over_loopback():
+    """The agent itself, both roles on this machine's loopback (no cluster needed)."""
+    argv = [sys.executable, "-c", agents.source("burst")]
+    receiver = subprocess.Popen([*argv, "--listen", "127.0.0.1", "--wait-s", "5"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        port = json.loads(receiver.stdout.readline())["port"]
+        sent = json.loads(subprocess.run(
+            [*argv, "--to", f"127.0.0.1:{port}", "--source", "127.0.0.1", "--seconds", "0.2"],
+            capture_output=True, text=True, timeout=20).stdout)
+        got = json.loads(receiver.stdout.readline())
+    finally:
+        receiver.kill()
+        receiver.wait()
+    rate = measured(sent, got)
+    assert rate["MBps"] > 20 and rate["rtt_ms"] < 50, (sent, got)
+    assert got["bytes"] == sent["sent"]
+    assert measured({"error": "could not connect: timed out"}, None) == {
+        "error": "could not connect: timed out"}

@@ -54,6 +54,7 @@ class LaunchConfig:
     mixed_precision: bool | None = None  # MIXED_PRECISION=1/0
     verbose: bool = False  # VERBOSE=1: the job's output as horovodrun prints it
     bandwidth: bool = False  # BANDWIDTH=1: the preflight measures each link's bandwidth too
+    interface: str | None = None  # INTERFACE: the network the preflight must use (name, CIDR)
     elastic: bool = False  # ELASTIC=1
     min_np: int | None = None  # MIN_NP (elastic): None means 1
     max_np: int | None = None  # MAX_NP (elastic): None means no limit
@@ -143,7 +144,7 @@ class LaunchConfig:
             fp16=switch("FP16", get("FP16")),
             mixed_precision=switch("MIXED_PRECISION", get("MIXED_PRECISION")),
             verbose=bool(switch("VERBOSE", get("VERBOSE"))),
-            bandwidth=bool(switch("BANDWIDTH", get("BANDWIDTH"))),
+            bandwidth=bool(switch("BANDWIDTH", get("BANDWIDTH"))), interface=get("INTERFACE"),
             elastic=elastic, min_np=min_np, max_np=max_np,
             ssh_keepalive=whole("SSH_KEEPALIVE", get("SSH_KEEPALIVE") or "5"),
             discover_every=seconds("DISCOVER_EVERY", get("DISCOVER_EVERY"), zero=True),

@@ -123,6 +123,7 @@ def choose_hostfile(cfg: LaunchConfig) -> Path:
         inventory = cfg.preflight_inventory_args()
     mode = ["--elastic"] if cfg.elastic else []  # Gloo: one name per host, strictly
     mode += ["--bandwidth"] if cfg.bandwidth else []
+    mode += ["--interface", cfg.interface] if cfg.interface else []
     rc = subprocess.run([str(cfg.python), "-m", "preflight", *inventory, *mode, "--hostfile",
                          str(output), "--report", str(cfg.report)], cwd=cfg.root).returncode
     if rc == Exit.SOME_OUT:
