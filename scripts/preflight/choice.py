@@ -48,14 +48,14 @@ class Carried:
 
     @property
     def rate_MBps(self) -> float:
-        """The median pair's rate; 0 where no pair got through."""
+        """The median pair's rate (the lower of two); 0 where no pair got through."""
         rates = sorted(p["MBps"] for p in self.worked)
-        return rates[len(rates) // 2] if rates else 0.0
+        return rates[(len(rates) - 1) // 2] if rates else 0.0
 
     @property
     def rtt_ms(self) -> float | None:
         rtts = sorted(p["rtt_ms"] for p in self.worked)
-        return rtts[len(rtts) // 2] if rtts else None
+        return rtts[len(rtts) // 2] if rtts else None  # the higher of two
 
     def words(self) -> str:
         """'eth2 10.233.0.0/24: 1.1 GB/s, 0.05 ms' or why nothing was measured."""

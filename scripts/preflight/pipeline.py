@@ -222,6 +222,7 @@ def run(inventory: Inventory, options: Options, say: Say = lambda _: None,
         seed = random.randrange(2**31) if options.seed is None else options.seed
         options = dataclasses.replace(options, seed=seed)
         matrices, sampled = active_tests(ssh, choice, slots, options, results, say, phases)
+        matrices.update(network_rates(choice))
         wait(retries)
     report = Report(
         hosts=tuple(HostReport(n, choice.addresses.get(n) or first_address(n, facts), slots[n],
@@ -231,6 +232,16 @@ def run(inventory: Inventory, options: Options, say: Say = lambda _: None,
     return Outcome(report, choice, matrices, candidates(facts, names), checks_run,
                    {n: facts[n].interfaces for n in names if n in facts},
                    sampled, phases.as_dict())
+
+
+def network_rates(choice: InterfaceChoice) -> dict:
+    """The chosen network's bursts, {"network_MBps": {a: {b: MB/s}}}, where networks were
+    raced: without --bandwidth, the scaling prediction's links (scaling.ring)."""
+    chosen = next((c for c in choice.carried if c.cidr == choice.cidr), None)
+    rates: dict[str, dict[str, float]] = {}
+    for pair in chosen.worked if chosen else ():
+        rates.setdefault(pair["from"], {})[pair["to"]] = pair["MBps"]
+    return {"network_MBps": rates} if rates else {}
 
 
 def sampling(hosts: int, seed: int) -> dict:

@@ -73,7 +73,9 @@ class Point:
 
 def ring(hosts: Sequence[str], matrices: Mapping) -> Ring:
     """The ring over hosts (in this order) from preflight.json's matrices: bandwidth_MBps
-    {a: {b: MB/s from a to b}} (with --bandwidth) and latency_us {a: {b: us}}."""
+    {a: {b: MB/s from a to b}} (with --bandwidth) and latency_us {a: {b: us}}; without
+    bandwidth_MBps, the slowest pair of network_MBps (the bursts on the chosen network, where
+    several were raced) stands for every link."""
     pairs = [(hosts[i], hosts[(i + 1) % len(hosts)]) for i in range(len(hosts))] \
         if len(hosts) > 1 else []
     rates = matrices.get("bandwidth_MBps") or {}
@@ -85,9 +87,13 @@ def ring(hosts: Sequence[str], matrices: Mapping) -> Ring:
               for a, b in pairs]
     if not pairs:
         return Ring(tuple(hosts), None, 0.0, None)
-    if not measured:  # latency only: the bandwidth was not measured
+    if not measured:
         worst = max(delays)
-        return Ring(tuple(hosts), None, worst[0] * 1e-6, worst[1])
+        burst = [(float(v), (a, b)) for a, row in (matrices.get("network_MBps") or {}).items()
+                 for b, v in row.items() if v]
+        if burst:  # a few pairs measured: the slowest of them for every link
+            return Ring(tuple(hosts), min(burst)[0] * 1e6, worst[0] * 1e-6, min(burst)[1])
+        return Ring(tuple(hosts), None, worst[0] * 1e-6, worst[1])  # latency only
     slowest = min(measured)
     return Ring(tuple(hosts), slowest[0] * 1e6, max(delays)[0] * 1e-6, slowest[1])
 

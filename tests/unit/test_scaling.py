@@ -67,3 +67,14 @@ def test_no_advice_when_compute_dominates_and_no_bandwidth_says_how_to_measure()
     net = scaling.ring(HOSTS, latency_only)
     assert net.bandwidth_Bps is None
     assert "BANDWIDTH=1" in scaling.summary(net, WORK)
+
+
+def test_without_bandwidth_the_chosen_networks_bursts_stand_for_every_link() -> None:
+    """Where the preflight raced networks, the chosen one's slowest burst is the ring's link;
+    the MPI matrix, where measured, still wins."""
+    bursts = {"network_MBps": {"h1": {"h2": 1100.0}, "h3": {"h4": 900.0}},
+              "latency_us": {"h1": {"h2": 50.0}}}
+    net = scaling.ring(["h1", "h2", "h3", "h4"], bursts)
+    assert net.bandwidth_Bps == 900e6 and net.slowest == ("h3", "h4")
+    both = {**bursts, "bandwidth_MBps": {"h1": {"h2": 11.0}, "h2": {"h1": 12.0}}}
+    assert scaling.ring(["h1", "h2"], both).bandwidth_Bps == 11e6
