@@ -3,8 +3,9 @@ horovodrun against real ssh, real name resolution and real network faults.
 
 Each simulated host hN is a network namespace (<prefix>-hN) with its own interfaces, addresses,
 routes, iptables rules, /etc/hosts (through /etc/netns) and hostname (through a UTS namespace),
-and its own sshd. The hosts are wired to one bridge in a switch namespace (<prefix>-sw). Nothing
-is added to the root namespace. Needs root.
+and its own sshd. The hosts are wired to one bridge in a switch namespace (<prefix>-sw); with
+`up --data-net`, a second bridge there (br1) is the data network, reached through each listed
+host's eth2. Nothing is added to the root namespace. Needs root.
 
 Use it from the command line (`PYTHONPATH=scripts python3 -m simcluster --help`, or the
 Makefile's cluster-* targets) or from Python:

@@ -17,7 +17,16 @@ from preflight.errors import Exit, UserError, render
 
 from .cluster import FAULT_KINDS, Cluster
 from .options import UpOptions
-from .settings import CLI, DEFAULT_HOSTS, MAX_HOSTS, PROG, SECOND_NET, SUBNET, Settings
+from .settings import (
+    CLI,
+    DATA_NET,
+    DEFAULT_HOSTS,
+    MAX_HOSTS,
+    PROG,
+    SECOND_NET,
+    SUBNET,
+    Settings,
+)
 from .system import need_root, with_sbin
 
 COMMANDS = ("up", "down", "status", "hosts", "exec", "slurm", "fault")
@@ -40,6 +49,11 @@ Commands:
       --debian-hosts HOSTS    put Debian's '127.0.1.1 hN' line before the real one in /etc/hosts
       --mtu HOST=MTU[,...]    set the MTU of that host's cluster interface (switch side stays 1500)
       --ifname HOST=NAME[,...] name that host's cluster interface NAME instead of eth0
+      --data-net HOSTS        a second network on its own switch: HOSTS get a second NIC eth2
+                              ({data}.(10+N)/24) wired to bridge br1 in {prefix}-sw (port
+                              data-hN); the names in /etc/hosts stay on eth0, as on real
+                              clusters the data network has no names; 'status' shows eth2's
+                              address among a host's extras
       --slurm                 also run a real Slurm (Debian's slurmctld, slurmd, munge; installed
                               with apt-get when missing): munged and slurmctld on h1, one slurmd
                               per host, node names h1..hN, one partition 'sim'; waits until
@@ -70,6 +84,13 @@ Commands:
                      bare bits per second, 100kbit to 100gbit): a tbf qdisc on the host end of
                      its veth and one on its switch port; the other hosts' links keep their
                      speed. With delay on too, tbf is netem's child (delayed, then paced)
+      data-rate [RATE]
+                     as rate, on the data network (--data-net): a tbf on HOST's eth2 and one on
+                     its switch port data-hN; the cluster interface keeps its speed
+      data-dead      HOST's data port data-hN leaves the bridge br1: eth2 stays up with its
+                     address and carrier but reaches nobody, like a dead second NIC or an
+                     unplugged switch port (off: back on br1)
+                   Both refuse (exit 2) a HOST without eth2 (not in --data-net).
       sshd           stop HOST's sshd (off: start it again)
       firewall       drop new incoming TCP connections to ports 1024-65535 (ssh on 22 still works)
       mpi-firewall   as firewall, but Slurm's ports stay open (6817, 6818 and srun's 61000-61999):
@@ -156,7 +177,7 @@ def help_text() -> str:
     except UserError:
         settings = Settings()
     return HELP.format(cli=CLI, prefix=settings.prefix, state=settings.state_dir, subnet=SUBNET,
-                       second=SECOND_NET, default=DEFAULT_HOSTS, most=MAX_HOSTS)
+                       second=SECOND_NET, data=DATA_NET, default=DEFAULT_HOSTS, most=MAX_HOSTS)
 
 
 UP_OPTIONS = (
@@ -165,6 +186,7 @@ UP_OPTIONS = (
     ("--debian-hosts", "HOSTS", "put Debian's '127.0.1.1 hN' line first in /etc/hosts"),
     ("--mtu", "HOST=MTU[,...]", "the MTU of the host's cluster interface (switch side: 1500)"),
     ("--ifname", "HOST=NAME[,...]", "name the host's cluster interface NAME instead of eth0"),
+    ("--data-net", "HOSTS", f"add eth2 ({DATA_NET}.(10+N)/24) on a second switch, br1"),
     ("--slurm-cpus", "N", "CPUs of each Slurm node (default 2; implies --slurm)"))
 
 
@@ -206,7 +228,8 @@ def cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise UserError(f"unknown option '{extra[0]}' for up", f"see {CLI} --help")
     options = UpOptions.parse(args.n, args.decoy_bridge, args.second_if, args.debian_hosts,
-                              args.mtu, args.ifname, args.slurm, args.slurm_cpus)
+                              args.mtu, args.ifname, args.slurm, args.slurm_cpus,
+                              args.data_net)
     need_root()
     Cluster.from_env().up(options)
     return Exit.OK

@@ -16,7 +16,7 @@ from preflight.errors import Exit, UserError
 
 from . import faults, net, slurm, sshconfig, sshd
 from .options import UpOptions
-from .settings import CLI, DEFAULT_PREFIX, PROG, UP_HINT, Settings, bad_host
+from .settings import CLI, DATA_IFNAME, DEFAULT_PREFIX, PROG, UP_HINT, Settings, bad_host
 from .state import Host, State, dir_is_foreign, mark_ours, read_state, state_is_ours, write_state
 from .system import locked, need_root, pid_is_ours, read_pid, run, stop_pids, tool, warn, with_sbin
 
@@ -111,9 +111,13 @@ class Cluster:
     def _extras(self, host: Host) -> list[str]:
         """What the realism options and faults changed on a host, for the table."""
         ns = host.namespace
-        links = run("ip", "-n", ns, "-br", "link", check=False).stdout.splitlines()
-        extras = [name for name in (line.split()[0].split("@")[0] for line in links if line)
+        links = [line.split() for line in
+                 run("ip", "-n", ns, "-br", "addr", check=False).stdout.splitlines() if line]
+        extras = [name for name in (fields[0].split("@")[0] for fields in links)
                   if name in ("docker0", "eth1")]
+        # The data network has no names, so its address is shown: eth2=10.233.0.12/24.
+        extras += [f"{DATA_IFNAME}={fields[2]}" for fields in links
+                   if fields[0].split("@")[0] == DATA_IFNAME and len(fields) > 2]
         shown = run("ip", "-n", ns, "link", "show", host.ifname, check=False).stdout
         mtu = re.search(r"mtu [0-9]+", shown)
         if mtu and mtu.group() != "mtu 1500":
@@ -194,6 +198,8 @@ class Cluster:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation
         sshd.make_client_key(settings)
         net.make_switch(settings)
+        if options.data_net:
+            net.make_data_switch(settings)
         net.raise_neighbour_table(settings, options.hosts)
         for index, host in enumerate(options.names, start=1):
             self._build_host(options, index, host)
@@ -216,6 +222,8 @@ class Cluster:
             net.make_decoy_bridge(settings, host)
         if host in options.second_if:
             net.make_second_if(settings, index)
+        if host in options.data_net:
+            net.make_data_if(settings, index)
         net.write_hosts_file(settings, index, options.hosts, host in options.debian_hosts)
         if options.slurm:
             slurm.link_etc(settings, host)  # before sshd starts, so its sessions see it too

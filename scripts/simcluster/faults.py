@@ -2,11 +2,13 @@
 what `up` did in its place (the MTU goes back to 1500, Debian's hosts line goes).
 
 The network faults (link, loss, delay, rate, firewall, mtu) change the host's namespace, rate
-also its port on the switch; the name faults (debian-hosts, reverse-name, no-resolve) edit its
-/etc/hosts in place; hostname renames its UTS namespace; sshd, orted, shadow, tmpdir and
-slow-login change how its sshd runs (stopped; in a private mount namespace where orted is
-/bin/false or a daemon that never reports back; with a PYTHONPATH or a TMPDIR for every session;
-with a forced command that waits before it runs the one asked for). 'off' of a fault with a
+also its port on the switch; the data network's (data-rate, data-dead) change the host's eth2
+and its port on the data switch br1 (they refuse a host without eth2); the name faults
+(debian-hosts, reverse-name, no-resolve) edit its /etc/hosts in place; hostname renames its
+UTS namespace; sshd, orted, shadow, tmpdir and slow-login change how its sshd runs (stopped; in
+a private mount namespace where orted is /bin/false or a daemon that never reports back; with a
+PYTHONPATH or a TMPDIR for every session; with a forced command that waits before it runs the
+one asked for). 'off' of a fault with a
 value undoes whatever value is on, whatever value it is given.
 """
 
@@ -24,7 +26,7 @@ from preflight.errors import Exit, UserError
 
 from .net import set_debian_line, set_host_lines
 from .options import check_mtu
-from .settings import UP_HINT, Settings
+from .settings import CLI, DATA_BRIDGE, DATA_IFNAME, UP_HINT, Settings, data_port
 from .sshd import (
     ProgramMount,
     program_mount,
@@ -43,8 +45,9 @@ from .system import ok, run, tool, with_sbin
 
 FAULT_KINDS = ("link", "loss", "delay", "rate", "sshd", "firewall", "mtu", "debian-hosts",
                "orted", "shadow", "tmpdir", "slow-login", "hostname", "reverse-name",
-               "no-resolve")
-DEFAULT_VALUES = {"loss": "30", "delay": "100", "rate": "100mbit", "mtu": "1400",
+               "no-resolve", "data-rate", "data-dead")
+DEFAULT_VALUES = {"loss": "30", "delay": "100", "rate": "100mbit", "data-rate": "100mbit",
+                  "mtu": "1400",
                   "orted": "missing", "shadow": "horovod", "tmpdir": "/proc/nonexistent/tmp",
                   "slow-login": "12", "no-resolve": "h1"}
 # The kinds whose value names another host; the default is the next host (h3 -> h1).
@@ -158,7 +161,7 @@ def check_value(kind: str, state: str, value: str | None, host: str = "",
     if kind == "slow-login" and state == "on" and not (
             value.isascii() and value.isdigit() and int(value) >= 1):
         raise UserError(f"slow-login '{value}' is not a whole number of seconds >= 1", "e.g. 12")
-    if kind == "rate" and state == "on":
+    if kind in ("rate", "data-rate") and state == "on":
         rate_bits(value)
         value = value.lower()
     return value
@@ -286,10 +289,42 @@ def _set_host_qdiscs(host: Host, delay: str | None, rate: str | None) -> None:
         run(*qdisc, "add", "dev", host.ifname, *parent, "handle", "10:", *tbf)
 
 
-def _mtu_of(host: Host) -> int:
-    shown = run("ip", "-n", host.namespace, "link", "show", host.ifname).stdout
+def _mtu_of(host: Host, ifname: str | None = None) -> int:
+    shown = run("ip", "-n", host.namespace, "link", "show", ifname or host.ifname).stdout
     match = re.search(r"\bmtu ([0-9]+)", shown)
     return int(match.group(1)) if match else 1500
+
+
+def _need_data_if(state: State, host: Host, kind: str) -> None:
+    """The data faults act on eth2, which only the hosts built with --data-net have."""
+    if host.name not in state.options.data_net:
+        raise UserError(f"{kind}: {host.name} has no data network interface {DATA_IFNAME} "
+                        "(the cluster was built without --data-net there)",
+                        f"build it with: {CLI} up N --data-net all (or --data-net {host.name})")
+
+
+def fault_data_rate(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
+    """As rate, on the data network: a tbf on eth2 (what the host sends there) and one on its
+    switch port data-hN (what it receives); the cluster interface keeps its speed."""
+    _need_data_if(state, host, "data-rate")
+    port = data_port(host.name)
+    for ns, dev in ((host.namespace, DATA_IFNAME), (settings.switch_ns, port)):
+        run("tc", "-n", ns, "qdisc", "del", "dev", dev, "root", check=False)
+    if on:
+        # Both ends of the data link keep the MTU they were built with (1500).
+        tbf = tbf_args(value, _mtu_of(host, DATA_IFNAME))
+        run("tc", "-n", host.namespace, "qdisc", "add", "dev", DATA_IFNAME, "root",
+            "handle", "10:", *tbf)
+        run("tc", "-n", settings.switch_ns, "qdisc", "add", "dev", port, "root",
+            "handle", "10:", *tbf)
+
+
+def fault_data_dead(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
+    """The host's data port leaves the bridge br1: eth2 stays up with its address and carrier
+    but reaches nobody, like a dead second NIC or an unplugged switch port (off: back on br1)."""
+    _need_data_if(state, host, "data-dead")
+    run("ip", "-n", settings.switch_ns, "link", "set", data_port(host.name),
+        *(("nomaster",) if on else ("master", DATA_BRIDGE)))
 
 
 def fault_sshd(settings: Settings, state: State, host: Host, on: bool, value: str) -> None:
@@ -479,4 +514,5 @@ FAULTS: dict[str, Callable[[Settings, State, Host, bool, str], None]] = {
     "sshd": fault_sshd, "firewall": fault_firewall, "mtu": fault_mtu,
     "debian-hosts": fault_debian_hosts, "orted": fault_orted, "shadow": fault_shadow,
     "tmpdir": fault_tmpdir, "slow-login": fault_slow_login, "hostname": fault_hostname,
-    "reverse-name": fault_reverse_name, "no-resolve": fault_no_resolve}
+    "reverse-name": fault_reverse_name, "no-resolve": fault_no_resolve,
+    "data-rate": fault_data_rate, "data-dead": fault_data_dead}

@@ -1,5 +1,6 @@
 """The network: a switch namespace with bridge br0, one namespace per host wired to it by a veth
-pair, the decoy interfaces, and each host's /etc/hosts.
+pair, the decoy interfaces, the data network (--data-net: bridge br1 in the same switch
+namespace, a second veth per host) and each host's /etc/hosts.
 
 Every link is created inside a namespace (`ip -n`, and `peer ... netns`), so no link ever
 appears in the root namespace, not even for a moment, and deleting the namespaces removes them
@@ -11,7 +12,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .settings import SECOND_NET, Settings, host_address
+from .settings import (
+    DATA_BRIDGE,
+    DATA_IFNAME,
+    SECOND_NET,
+    Settings,
+    data_address,
+    data_port,
+    host_address,
+)
 from .system import run, stop_pids
 
 
@@ -62,6 +71,26 @@ def make_second_if(settings: Settings, index: int) -> None:
     run("ip", "-n", ns, "addr", "add", f"{SECOND_NET}.{index}.1/24", "dev", "eth1")
     run("ip", "-n", ns, "link", "set", "eth1-peer", "up")
     run("ip", "-n", ns, "link", "set", "eth1", "up")
+
+
+def make_data_switch(settings: Settings) -> None:
+    """The data network's own switch: a second bridge, so its faults (data-dead, data-rate)
+    never touch the cluster network on br0."""
+    ns = settings.switch_ns
+    run("ip", "-n", ns, "link", "add", DATA_BRIDGE, "type", "bridge")
+    run("ip", "-n", ns, "link", "set", DATA_BRIDGE, "up")
+
+
+def make_data_if(settings: Settings, index: int) -> None:
+    """Host hN's second NIC eth2 on the data network, wired to br1 through port data-hN. It has
+    no name in /etc/hosts, as on real clusters: only its address reaches it."""
+    host, sw = f"h{index}", settings.switch_ns
+    ns = settings.host_ns(host)
+    run("ip", "-n", sw, "link", "add", data_port(host), "type", "veth",
+        "peer", "name", DATA_IFNAME, "netns", ns)
+    run("ip", "-n", sw, "link", "set", data_port(host), "master", DATA_BRIDGE, "up")
+    run("ip", "-n", ns, "addr", "add", f"{data_address(index)}/24", "dev", DATA_IFNAME)
+    run("ip", "-n", ns, "link", "set", DATA_IFNAME, "up")
 
 
 def write_hosts_file(settings: Settings, index: int, n: int, debian: bool) -> None:

@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 
 from preflight.errors import UserError
 
-from .settings import CLI, DEFAULT_HOSTS, MAX_HOSTS, host_index
+from .settings import CLI, DATA_IFNAME, DEFAULT_HOSTS, MAX_HOSTS, host_index
 
 DEFAULT_SLURM_CPUS = 2  # this machine's 2 cores; slurm.conf may say more (config_overrides)
 MAX_SLURM_CPUS = 256
 
 IFNAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,14}")
 # Names the simulation itself uses inside a host.
-TAKEN_IFNAMES = ("lo", "docker0", "eth1", "eth1-peer", "vethdk0a", "vethdk0b")
+TAKEN_IFNAMES = ("lo", "docker0", "eth1", "eth1-peer", "vethdk0a", "vethdk0b", DATA_IFNAME)
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class UpOptions:
     # A real Slurm beside sshd (see slurm.py): slurm_cpus is each node's CPUs in slurm.conf.
     slurm: bool = False
     slurm_cpus: int = DEFAULT_SLURM_CPUS
+    # Hosts with a second NIC eth2 on a data network of its own switch (net.make_data_if).
+    data_net: tuple[str, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -46,25 +48,28 @@ class UpOptions:
         return (f"prefix={prefix} hosts={self.hosts} decoy-bridge={','.join(self.decoy_bridge)} "
                 f"second-if={','.join(self.second_if)} "
                 f"debian-hosts={','.join(self.debian_hosts)} mtu={mtu} ifname={ifn}"
-                + (f" slurm=on slurm-cpus={self.slurm_cpus}" if self.slurm else ""))
+                + (f" slurm=on slurm-cpus={self.slurm_cpus}" if self.slurm else "")
+                # Only when asked for, so a cluster built without it describes itself as before.
+                + (f" data-net={','.join(self.data_net)}" if self.data_net else ""))
 
     def to_json(self) -> dict:
         return {"hosts": self.hosts, "decoy_bridge": list(self.decoy_bridge),
                 "second_if": list(self.second_if), "debian_hosts": list(self.debian_hosts),
                 "mtu": dict(self.mtu), "ifname": dict(self.ifname), "slurm": self.slurm,
-                "slurm_cpus": self.slurm_cpus}
+                "slurm_cpus": self.slurm_cpus, "data_net": list(self.data_net)}
 
     @classmethod
     def from_json(cls, doc: dict) -> UpOptions:
         return cls(doc["hosts"], tuple(doc["decoy_bridge"]), tuple(doc["second_if"]),
                    tuple(doc["debian_hosts"]), dict(doc["mtu"]), dict(doc["ifname"]),
-                   # A state file written before --slurm existed has neither key.
-                   bool(doc.get("slurm", False)), int(doc.get("slurm_cpus", DEFAULT_SLURM_CPUS)))
+                   # A state file written before --slurm (or --data-net) existed lacks the key.
+                   bool(doc.get("slurm", False)), int(doc.get("slurm_cpus", DEFAULT_SLURM_CPUS)),
+                   tuple(doc.get("data_net", ())))
 
     @classmethod
     def parse(cls, count: str | None = None, decoy_bridge: str = "", second_if: str = "",
               debian_hosts: str = "", mtu: str = "", ifname: str = "", slurm: bool = False,
-              slurm_cpus: str | int | None = None) -> UpOptions:
+              slurm_cpus: str | int | None = None, data_net: str = "") -> UpOptions:
         """The options as typed on the command line ('all', 'h1,h3', 'h1=9000,h2=1400').
         slurm_cpus given means slurm."""
         n = parse_count(count)
@@ -74,7 +79,8 @@ class UpOptions:
                    host_list(debian_hosts, n, "--debian-hosts"),
                    {h: check_mtu(v) for h, v in host_map(mtu, n, "--mtu", "MTU").items()},
                    {h: check_ifname(v) for h, v in host_map(ifname, n, "--ifname", "NAME").items()},
-                   slurm or slurm_cpus not in (None, ""), cpus)
+                   slurm or slurm_cpus not in (None, ""), cpus,
+                   host_list(data_net, n, "--data-net"))
 
 
 def parse_count(count: str | None) -> int:

@@ -20,6 +20,9 @@ UP_HINT = "run: sudo make cluster-up N=3"
 DEFAULT_PREFIX = "hvsim"
 SUBNET = "10.231.0"  # host hN is SUBNET.(10+N)/24
 SECOND_NET = "10.232"  # eth1 of host hN is SECOND_NET.N.1/24
+DATA_NET = "10.233.0"  # with --data-net, eth2 of host hN is DATA_NET.(10+N)/24, on bridge br1
+DATA_IFNAME = "eth2"
+DATA_BRIDGE = "br1"
 DEFAULT_HOSTS = 3
 MAX_HOSTS = 128  # addresses SUBNET.11-138; 100 is what make test-scale runs
 SSHD = "/usr/sbin/sshd"
@@ -33,6 +36,16 @@ HOST_RE = re.compile(r"h([1-9][0-9]*)")
 def host_address(index: int) -> str:
     """h2 -> 10.231.0.12."""
     return f"{SUBNET}.{10 + index}"
+
+
+def data_address(index: int) -> str:
+    """h2 -> 10.233.0.12, its address on the data network (--data-net)."""
+    return f"{DATA_NET}.{10 + index}"
+
+
+def data_port(host: str) -> str:
+    """The switch end of a host's data link: h2 -> data-h2."""
+    return f"data-{host}"
 
 
 def host_index(name: str) -> int | None:

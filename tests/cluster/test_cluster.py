@@ -197,6 +197,7 @@ BAD_INPUT = [
     (["up", "three"], "host count 'three'"),
     (["up", "3", "--decoy-bridge", "h4"], "unknown host 'h4'"),
     (["up", "3", "--mtu", "h1=big"], "not a valid MTU"),
+    (["up", "3", "--data-net", "h4"], "--data-net: unknown host 'h4'"),
     (["up", "3", "--bogus"], "unknown option '--bogus'"),
     (["fault", "h9", "link", "on"], "unknown host 'h9'"),
     (["fault", "h1", "meteor", "on"], "unknown fault kind 'meteor'"),
@@ -211,6 +212,8 @@ BAD_INPUT = [
     (["fault", "h1", "hostname", "on", "no_such.name-"], "not a valid host name"),
     (["fault", "h2", "reverse-name", "on", "h2"], "already resolves to h2's address"),
     (["fault", "h1", "no-resolve", "on", "h9"], "no-resolve: unknown host 'h9'"),
+    (["fault", "h1", "data-dead", "on"], "h1 has no data network interface eth2"),
+    (["fault", "h2", "data-rate", "on", "100mbps"], "not mbps"),
     (["exec", "h9", "true"], "unknown host 'h9'"),
     (["exec", "h1"], "exec needs a host and a command"),
 ]
@@ -268,7 +271,7 @@ def test_help_documents_every_command_and_fault_kind():
                  "link", "loss", "delay", "sshd", "firewall", "mtu", "debian-hosts",
                  "orted [MODE]", "missing", "hang", "tmpdir [PATH]", "slow-login [S]",
                  "shadow [MODULE]", "hostname [NAME]", "reverse-name [H]", "no-resolve [H]",
-                 "HVSIM_DIR", "HVSIM_PREFIX"):
+                 "--data-net", "data-rate [RATE]", "data-dead", "HVSIM_DIR", "HVSIM_PREFIX"):
         assert word in proc.stdout, word
     shim = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
     assert shim.returncode == 0 and shim.stdout == proc.stdout  # the README's command still works
