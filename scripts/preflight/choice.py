@@ -21,6 +21,7 @@ checked like any other, and a note says when another measured faster.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -122,6 +123,7 @@ class InterfaceChoice:
     of: int = 0  # hosts considered
     passed_over: tuple[tuple[str, frozenset[str]], ...] = ()  # (why, hosts it concerns)
     carried: tuple[Carried, ...] = ()  # the subnets raced, in the order they were ranked
+    runners_up: tuple[InterfaceChoice, ...] = ()  # raced subnets to fall back to, best first
 
     @property
     def interface(self) -> str | None:
@@ -222,14 +224,30 @@ def choose_interface(facts: Mapping[str, Facts], resolved: Mapping[str, set[str]
     best = pool[0] if pool and len(pool[0].members) >= needed else None
     raced = {c.cidr: c for c in carried}
     verdict: list[tuple[str, frozenset[str]]] = []
+    runners: list[Candidate] = []
     if best is not None and len(raced) > 1:
         if not forced:
-            best = fastest([c for c in fair if str(c.network) in raced], raced)
+            contest = [c for c in fair if str(c.network) in raced]
+            best = fastest(contest, raced)
+            runners = sorted((c for c in contest if c is not best and raced[str(c.network)].worked),
+                             key=lambda c: raced[str(c.network)].rate_MBps, reverse=True)
         verdict = [(race_words(best, raced, forced), frozenset(best.hosts))]
     over = verdict + _passed_over(facts, decoys, fair, best, set(raced), forced)
     if best is None:
         return InterfaceChoice(None, of=len(facts), passed_over=tuple(over))
-    return as_choice(best, len(facts), over, carried)
+    return dataclasses.replace(as_choice(best, len(facts), over, carried), runners_up=tuple(
+        as_choice(c, len(facts), over, carried) for c in runners))
+
+
+def fall_back(choice: InterfaceChoice, to: InterfaceChoice, why: str) -> InterfaceChoice:
+    """`to` (one of choice.runners_up) instead of choice, which failed as `why` says: the race's
+    line now says so, the rest of what was passed over stays."""
+    words = "; ".join(c.words() for c in choice.carried)
+    line = (f"measured {words}; but on {choice.interface} {choice.cidr} {why}: "
+            f"{to.interface} chosen")
+    rest = [entry for entry in choice.passed_over if not entry[0].startswith("measured ")]
+    return dataclasses.replace(to, passed_over=((line, frozenset(to.names)), *rest),
+                               runners_up=tuple(r for r in choice.runners_up if r != to))
 
 
 def matching(forced: str, fair: list[Candidate], decoys: list[Candidate]) -> list[Candidate]:

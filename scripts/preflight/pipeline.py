@@ -24,9 +24,10 @@ from .active import mesh as mesh_runner
 from .active import mpi as mpi_runner
 from .agents import parse_event
 from .agents.mpi_probe import ALL_PAIRS_UP_TO, MATCHINGS, partners
+from .checks import interface as interface_check
 from .checks import loss, mesh, mpi, mtu, resolve
 from .checks.context import Context
-from .choice import InterfaceChoice, choose_interface, contenders
+from .choice import InterfaceChoice, choose_interface, contenders, fall_back
 from .cost import Phases
 from .errors import UserError
 from .facts import Facts, HostProbe, Interface
@@ -221,7 +222,8 @@ def run(inventory: Inventory, options: Options, say: Say = lambda _: None,
             host_checks(inventory, probes, facts, slots, choice, options, results)
         seed = random.randrange(2**31) if options.seed is None else options.seed
         options = dataclasses.replace(options, seed=seed)
-        matrices, sampled = active_tests(ssh, choice, slots, options, results, say, phases)
+        choice, matrices, sampled = active_tests(ssh, choice, slots, options, results, say,
+                                                 phases, facts)
         matrices.update(network_rates(choice))
         wait(retries)
     report = Report(
@@ -303,15 +305,19 @@ def healthy(names: list[str], results: Mapping[str, list[CheckResult]]) -> list[
 
 
 def active_tests(ssh: Ssh, choice: InterfaceChoice, slots: Mapping[str, int], options: Options,
-                 results: dict[str, list[CheckResult]], say: Say, phases: Phases
-                 ) -> tuple[dict, dict]:
-    """The mesh, MPI (and deep) steps; their MPI measurements, and what the mesh sampled."""
+                 results: dict[str, list[CheckResult]], say: Say, phases: Phases,
+                 facts: Mapping[str, Facts]) -> tuple[InterfaceChoice, dict, dict]:
+    """The mesh, MPI (and deep) steps: the network they ran on (another raced one where the
+    mesh failed every host on the first), their MPI measurements, what the mesh sampled."""
     names = list(results)
     ready = [n for n in healthy(names, results) if n in choice.names]
     # The probes' sessions of the hosts left out end now; the mesh agents take the others'.
     ssh.release(keep=ready if len(ready) > 1 else ())
     with phases.phase("mesh"):  # TCP, MTU and loss: one run of the agents
-        mesh_results = run_mesh_step(ssh, choice, ready, options, say)
+        first_choice = choice
+        choice, mesh_results = verified_mesh(ssh, choice, ready, options, say)
+    if choice is not first_choice:
+        recheck_interface(choice, facts, results)
     sampled = sampling(len(ready), options.seed or 0) if len(ready) > 1 else {}
     for name in names:
         results[name] += mesh_results.get(name) or [
@@ -331,7 +337,46 @@ def active_tests(ssh: Ssh, choice: InterfaceChoice, slots: Mapping[str, int], op
         for name in names:
             results[name] += deep_results.get(name) or [
                 skipped(mpi.HOROVOD, "not run: failed earlier checks")]
-    return matrices, sampled
+    return choice, matrices, sampled
+
+
+def verified_mesh(ssh: Ssh, choice: InterfaceChoice, ready: list[str], options: Options,
+                  say: Say) -> tuple[InterfaceChoice, dict[str, list[CheckResult]]]:
+    """The mesh on the chosen network. Where it fails most of the hosts there, the network
+    may be what failed rather than the hosts: the next raced network they all share is tried
+    and kept where it fails fewer (then those hosts were sound and the first network was
+    not); else the first network's verdicts stand."""
+    found = run_mesh_step(ssh, choice, ready, options, say)
+    for other in choice.runners_up:
+        if len(failing(found)) * 2 <= len(found) or not set(ready) <= set(other.names):
+            break
+        why = f"the mesh failed {len(failing(found))} of {len(found)} hosts ({what_failed(found)})"
+        say(f"on {choice.interface} {why}; trying {other.interface} {other.cidr}")
+        again = run_mesh_step(ssh, other, ready, options, say)
+        if len(failing(again)) < len(failing(found)):
+            return fall_back(choice, other, why), again
+    return choice, found
+
+
+def failing(found: Mapping[str, list[CheckResult]]) -> list[str]:
+    return [name for name, checks in found.items()
+            if any(c.status is Status.FAIL for c in checks)]
+
+
+def what_failed(found: Mapping[str, list[CheckResult]]) -> str:
+    """'h1 loss.path, h2 loss.path mtu.path': the hosts and the checks they failed."""
+    return ", ".join(f"{name} {' '.join(c.id for c in checks if c.status is Status.FAIL)}"
+                     for name, checks in found.items() if name in failing(found))
+
+
+def recheck_interface(choice: InterfaceChoice, facts: Mapping[str, Facts],
+                      results: dict[str, list[CheckResult]]) -> None:
+    """interface.choice and interface.public again where the network changed after the host
+    checks (verified_mesh), in their places."""
+    for name, found in results.items():
+        if name in facts:
+            fresh = {c.id: c for c in interface_check.check_choice(name, choice, facts[name])}
+            results[name] = [fresh.get(c.id, c) for c in found]
 
 
 def run_deep_step(choice: InterfaceChoice, ready: list[str], options: Options, say: Say

@@ -101,3 +101,22 @@ def test_a_dead_second_nic_on_every_host_is_passed_over_and_no_host_blamed(sim, 
     dead = next(n for n in report["networks"] if n["interface"] == "eth2")
     assert dead["MBps"] == 0 and all("error" in p for p in dead["pairs"])
     assert any("eth2 10.233.0.0/24: nothing crossed" in p for p in report["passed_over"])
+
+
+def test_a_network_that_fails_most_hosts_in_the_mesh_falls_back_to_the_next(sim, tmp_path):
+    """A fault nobody named, beyond the race's TCP burst: the data network drops every UDP
+    datagram. eth2 wins the race (eth0 at 100 Mbit/s), the mesh fails most hosts on it and
+    passes them all on eth0: eth0 is chosen and every host kept, the line saying why."""
+    drop = ("INPUT", "-i", "eth2", "-p", "udp", "-j", "DROP")
+    try:
+        for host in HOSTS:
+            sim.exec(host, "iptables", "-A", *drop, check=True)
+        with on_every_host(sim, "rate", "100mbit"):
+            report, out = preflight(sim, tmp_path)
+    finally:
+        for host in HOSTS:
+            sim.exec(host, "iptables", "-D", *drop)
+    assert report["ok"] and report["np"] == 3, out[-3000:]
+    assert report["interface"] == "eth0"
+    (line,) = [p for p in report["passed_over"] if p.startswith("measured ")]
+    assert "but on eth2 10.233.0.0/24 the mesh failed" in line and line.endswith("eth0 chosen")
