@@ -4,9 +4,9 @@ Checks each host's ssh login, names, interfaces, software, resources and clock f
 per host, picks the interface every host reaches every other through (where several networks
 reach every host: the one that carries the most in a short burst between a few pairs;
 --interface forces one), then tests TCP, the path MTU and packet loss between the healthy hosts
-and runs an MPI allreduce over them. With
---bandwidth it also measures MPI bandwidth per host pair and draws latency and bandwidth as two
-heatmaps beside the report (preflight.json -> preflight-network.png).
+and runs an MPI allreduce over them. With --bandwidth it also measures MPI bandwidth per host
+pair and draws latency and bandwidth as two heatmaps beside the report (preflight.json ->
+preflight-network.png).
 
 A host that times out is tried again after the others before it fails (passing then is a
 warning), and a group test that fails is narrowed to the hosts behind it by runs of fewer
