@@ -34,6 +34,22 @@ SCRIPT = SCRIPTS / "cluster.sh"
 UP_ARGS = ("up", "3", "--decoy-bridge", "all", "--second-if", "h2", "--debian-hosts", "h3")
 UP_OPTIONS = UpOptions.parse("3", decoy_bridge="all", second_if="h2", debian_hosts="h3")
 TIMEOUT_S = 180
+# A TCP transfer between two simulated hosts (transfer_s): the receiver prints its port, then
+# the bytes and the seconds from the first byte to the last (connecting is not part of it).
+RECEIVE = """\
+import socket, sys, time
+s = socket.socket(); s.settimeout(30); s.bind((sys.argv[1], 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); c.settimeout(30); n = 0; first = None
+while b := c.recv(1 << 20):
+    first = first or time.monotonic(); n += len(b)
+print(n, time.monotonic() - first, flush=True)
+"""
+SEND = """\
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+c.sendall(bytes(int(sys.argv[3]))); c.shutdown(socket.SHUT_WR); c.recv(1)
+"""
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = TIMEOUT_S,
@@ -46,6 +62,26 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = TIMEOUT_
     env = {**(os.environ if env is None else env), "PYTHONPATH": str(SCRIPTS)}
     return subprocess.run([sys.executable, "-m", "simcluster", *args], env=env,
                           timeout=timeout, **kwargs)
+
+
+def transfer_s(cluster: Cluster, src: str, dst: str, address: str, nbytes: int,
+               timeout: float = 30) -> float:
+    """Seconds `dst` took to receive nbytes sent over TCP from `src` to `address` (one of
+    dst's addresses)."""
+    receiver = subprocess.Popen(cluster.exec_argv(dst, [sys.executable, "-c", RECEIVE, address]),
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        port = receiver.stdout.readline().strip()
+        assert port.isdigit(), f"receiver on {dst} did not start"
+        sent = cluster.exec(src, sys.executable, "-c", SEND, address, port, str(nbytes),
+                            timeout=timeout)
+        assert sent.returncode == 0, sent.stderr
+        got, seconds = receiver.stdout.readline().split()
+        assert int(got) == nbytes
+        return float(seconds)
+    finally:
+        receiver.kill()
+        receiver.wait()
 
 
 def skip_unless_cluster_possible() -> None:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 
 import pytest
-from conftest import cli, skip_unless_cluster_possible
+from conftest import cli, skip_unless_cluster_possible, transfer_s
 
 from preflight.errors import Exit, UserError
 from simcluster import Cluster, UpOptions
@@ -20,22 +19,6 @@ from simcluster import Cluster, UpOptions
 PREFIX = "hvdnet"  # not hvdn: that may be the session cluster of a run beside it
 NBYTES = 3 * 10**6
 RATE_MBIT = 20  # 3 MB take 1.2 s at this rate, well under 0.1 s unthrottled
-# Receives one connection on an address; prints its port, then the seconds from the first byte
-# to the last (connecting is not part of the transfer).
-RECEIVE = """\
-import socket, sys, time
-s = socket.socket(); s.settimeout(20); s.bind((sys.argv[1], 0)); s.listen(1)
-print(s.getsockname()[1], flush=True)
-c, _ = s.accept(); c.settimeout(20); n = 0; first = None
-while b := c.recv(1 << 20):
-    first = first or time.monotonic(); n += len(b)
-print(n, time.monotonic() - first, flush=True)
-"""
-SEND = """\
-import socket, sys
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
-c.sendall(bytes(int(sys.argv[3]))); c.shutdown(socket.SHUT_WR); c.recv(1)
-"""
 
 
 # --- without root --------------------------------------------------------------------------
@@ -85,22 +68,6 @@ def pings(cluster: Cluster, src: str, address: str) -> bool:
     return cluster.exec(src, "ping", "-c", "1", "-W", "1", address).returncode == 0
 
 
-def transfer_s(cluster: Cluster, src: str, dst: str, address: str) -> float:
-    """Seconds `dst` took to receive NBYTES sent from `src` to `address` (one of dst's)."""
-    receiver = subprocess.Popen(cluster.exec_argv(dst, [sys.executable, "-c", RECEIVE, address]),
-                                stdout=subprocess.PIPE, text=True)
-    try:
-        port = receiver.stdout.readline().strip()
-        assert port.isdigit(), f"receiver on {dst} did not start"
-        sent = cluster.exec(src, sys.executable, "-c", SEND, address, port, str(NBYTES),
-                            timeout=20)
-        assert sent.returncode == 0, sent.stderr
-        nbytes, seconds = receiver.stdout.readline().split()
-        assert int(nbytes) == NBYTES
-        return float(seconds)
-    finally:
-        receiver.kill()
-        receiver.wait()
 
 
 def test_listed_hosts_get_eth2_on_their_own_switch_without_names(sim):
@@ -139,9 +106,9 @@ def test_data_rate_slows_the_data_network_only(sim):
         assert f"rate {RATE_MBIT}Mbit" in shown
         assert f"rate {RATE_MBIT}Mbit" in sim.exec("h2", "tc", "qdisc", "show", "dev",
                                                    "eth2").stdout
-        slow = {pair: transfer_s(sim, *pair, "10.233.0.12" if pair[1] == "h2" else "10.233.0.11")
-                for pair in (("h1", "h2"), ("h2", "h1"))}
-        fast = transfer_s(sim, "h1", "h2", "10.231.0.12")  # eth0 keeps its speed
+        slow = {pair: transfer_s(sim, *pair, "10.233.0.12" if pair[1] == "h2" else "10.233.0.11",
+                                 NBYTES) for pair in (("h1", "h2"), ("h2", "h1"))}
+        fast = transfer_s(sim, "h1", "h2", "10.231.0.12", NBYTES)  # eth0 keeps its speed
     print(f"3 MB with h2's data link at {RATE_MBIT}mbit: {slow} s; over eth0 {fast:.3f} s")
     least = NBYTES * 8 / (RATE_MBIT * 1.3e6)  # 0.92 s
     assert all(seconds > least for seconds in slow.values()), slow

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import cli, skip_unless_cluster_possible
+from conftest import cli, skip_unless_cluster_possible, transfer_s
 
 from preflight.errors import Exit, UserError
 from simcluster import Cluster, Host, Settings, State, UpOptions, faults
@@ -25,23 +24,6 @@ RATE_MBIT = 50
 NBYTES = 8 * 10**6
 # Receives one connection on the host's cluster address; prints its port, then bytes and the
 # seconds from the first byte to the end (connecting is not part of the transfer).
-RECEIVE = """\
-import socket, sys, time
-s = socket.socket(); s.settimeout(30); s.bind((sys.argv[1], 0)); s.listen(1)
-print(s.getsockname()[1], flush=True)
-c, _ = s.accept(); c.settimeout(30); n = 0; first = None
-while True:
-    b = c.recv(1 << 20)
-    if not b:
-        break
-    first = first or time.monotonic(); n += len(b)
-print(n, time.monotonic() - first, flush=True)
-"""
-SEND = """\
-import socket, sys
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
-c.sendall(bytes(int(sys.argv[3]))); c.shutdown(socket.SHUT_WR); c.recv(1)
-"""
 
 
 # --- without root --------------------------------------------------------------------------
@@ -147,21 +129,7 @@ def sim(tmp_path_factory):
 
 def mbit_per_s(cluster: Cluster, src: str, dst: str) -> float:
     """Sends NBYTES over TCP from src to dst's cluster address; the rate dst received them at."""
-    address = cluster.addresses[dst]
-    receiver = subprocess.Popen(cluster.exec_argv(dst, [sys.executable, "-c", RECEIVE, address]),
-                                stdout=subprocess.PIPE, text=True)
-    try:
-        port = receiver.stdout.readline().strip()
-        assert port.isdigit(), f"receiver on {dst} did not start"
-        sent = cluster.exec(src, sys.executable, "-c", SEND, address, port, str(NBYTES),
-                            timeout=30)
-        assert sent.returncode == 0, sent.stderr
-        nbytes, seconds = receiver.stdout.readline().split()
-        assert int(nbytes) == NBYTES
-        return NBYTES * 8 / float(seconds) / 1e6
-    finally:
-        receiver.kill()
-        receiver.wait()
+    return NBYTES * 8 / transfer_s(cluster, src, dst, cluster.addresses[dst], NBYTES) / 1e6
 
 
 def qdiscs(cluster: Cluster) -> str:
