@@ -78,8 +78,8 @@ def check_model(cfg: config.Config, has_val: bool) -> None:
         reported = list(model.evaluate(x, y, verbose=0, return_dict=True))
     except Exception as exc:  # noqa: BLE001  (the user's code: any error is theirs to see)
         raise Mistake(f"model.py does not run on data.py's examples (x {list(x.shape)}, y "
-                      f"{list(y.shape)} {y.dtype}): {first_line(exc)}; fix build()/loss()/"
-                      "metrics() or from_record()") from None
+                      f"{list(y.shape)} {y.dtype}): {records.last_line(str(exc))}; fix "
+                      "build()/loss()/metrics() or from_record()") from None
     names = reported + ([f"val_{name}" for name in reported] if has_val else [])
     metric = model_module.BEST[0]
     if metric in names:
@@ -91,11 +91,6 @@ def check_model(cfg: config.Config, has_val: bool) -> None:
     close = records.did_you_mean(metric, names)
     raise Mistake(f"model.py: BEST names {metric!r}, which the model does not report"
                   f"{close}; pick one of {names}")
-
-
-def first_line(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
 if __name__ == "__main__":

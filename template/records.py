@@ -306,8 +306,7 @@ def first_example(file_set: FileSet, to_example: Example,
         for x, y in dataset(first, to_example, 1, record=record).take(1):
             return x[0], y[0]
     except (tf.errors.InvalidArgumentError, ValueError, TypeError, KeyError) as exc:
-        raise DataError(f"{first.files[0]}: {why_unparsed(exc, file_set)}; "
-                        "fix the file, or data.py (RECORD, from_record)") from None
+        raise DataError(f"{first.files[0]}: {why_unparsed(exc, file_set)}") from None
     raise DataError(f"{first.files[0]} holds no records; remove it or fill it")
 
 
@@ -315,9 +314,16 @@ def why_unparsed(exc: Exception, file_set: FileSet) -> str:
     text = getattr(exc, "message", None) or str(exc)
     if m := FIELD_RE.search(text):
         column = file_set.columns[int(m.group(1))] if file_set.columns else m.group(1)
-        return (f"column '{column}' holds {m.group(3).strip()!r}, not a {m.group(2)} (strings "
-                f"need data.RECORD columns={{'{column}': ''}} and a mapping in from_record)")
-    return text.strip().splitlines()[0][:300]
+        return (f"column '{column}' holds {m.group(3).strip()!r}, not a {m.group(2)}; for "
+                f"strings set data.RECORD's columns={{'{column}': ''}} and map them to numbers "
+                "in from_record")
+    return f"{last_line(text)}; fix the file, or data.py (RECORD, from_record)"
+
+
+def last_line(text: str) -> str:
+    """The line of an error that says what went wrong (TensorFlow's put it last)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "unknown error"
 
 
 # --- writing ---------------------------------------------------------------------------------

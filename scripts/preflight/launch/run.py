@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 def launch(cfg: LaunchConfig) -> int:
     """The whole job; its scratch folder (the ssh wrapper, the discovery's state, the log) is
     removed at the end."""
+    check_template(cfg)
     scratch = Path(tempfile.mkdtemp(prefix="train-"))
     try:
         try:
@@ -95,6 +96,25 @@ def launch(cfg: LaunchConfig) -> int:
         return rc
     finally:
         rmtree(scratch, ignore_errors=True)
+
+
+def check_template(cfg: LaunchConfig) -> None:
+    """template/check.py on this host, before any preflight or launch: a mistake in the
+    configuration, the data or model.py is one line here, not one per rank after the launch."""
+    script = cfg.root / "template" / "check.py"
+    proc = subprocess.run([str(cfg.python), str(script), *cfg.training_args()], cwd=cfg.root,
+                          capture_output=True, text=True)
+    for note in proc.stdout.splitlines():
+        say(note)
+    if proc.returncode == 0:
+        return
+    said = [line.removeprefix("error: ") for line in proc.stderr.splitlines()
+            if line.startswith("error: ")]
+    if said:
+        raise UserError(said[-1])
+    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise UserError(f"the template does not load ({last})",
+                    f"run {script.relative_to(cfg.root)} with the venv's python to see where")
 
 
 class PreflightFailed(Exception):
