@@ -330,18 +330,23 @@ def last_line(text: str) -> str:
 
 def write(folder: Path, prefix: str, x: np.ndarray, y: np.ndarray, fmt: str, files: int,
           gz: bool) -> list[Path]:
-    """x (flattened per example) and y as `files` files PREFIX-0000i-of-0000n.{csv,tfrecord}."""
-    flat = x.reshape(len(x), -1).astype("float32")
-    suffix = f".{fmt}" + (".gz" if gz else "")
+    """x and y as `files` files PREFIX-0000i-of-0000n.{csv,tfrecord} (imagenet: TFRecords in the
+    ImageNet layout)."""
+    suffix = f".{FILE_SUFFIX[fmt]}" + (".gz" if gz else "")
     paths = []
     for i, part in enumerate(np.array_split(np.arange(len(x)), files)):
         path = folder / f"{prefix}-{i:05d}-of-{files:05d}{suffix}"
-        (write_csv if fmt == "csv" else write_tfrecord)(path, flat[part], y[part], gz)
+        WRITERS[fmt](path, x[part], y[part], gz)
         paths.append(path)
     return paths
 
 
-def write_csv(path: Path, features: np.ndarray, labels: np.ndarray, gz: bool) -> None:
+def flat(x: np.ndarray) -> np.ndarray:
+    return x.reshape(len(x), -1).astype("float32")
+
+
+def write_csv(path: Path, x: np.ndarray, labels: np.ndarray, gz: bool) -> None:
+    features = flat(x)
     names = [f"f{i}" for i in range(features.shape[1])] + [LABEL]
     with gzip.open(path, "wt") if gz else open(path, "w") as fh:
         fh.write(",".join(names) + "\n")
@@ -349,23 +354,62 @@ def write_csv(path: Path, features: np.ndarray, labels: np.ndarray, gz: bool) ->
             fh.write(",".join(f"{v:.7g}" for v in row) + f",{label:.7g}\n")
 
 
-def write_tfrecord(path: Path, features: np.ndarray, labels: np.ndarray, gz: bool) -> None:
+def write_examples(path: Path, examples: list[dict[str, tf.train.Feature]], gz: bool) -> None:
     options = tf.io.TFRecordOptions(compression_type="GZIP" if gz else "")
     with tf.io.TFRecordWriter(str(path), options) as writer:
-        for row, label in zip(features, labels):
-            example = tf.train.Example(features=tf.train.Features(feature={
-                "features": tf.train.Feature(float_list=tf.train.FloatList(value=row)),
-                "label": tf.train.Feature(float_list=tf.train.FloatList(value=[float(label)]))}))
+        for feature in examples:
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
             writer.write(example.SerializeToString())
+
+
+def write_tfrecord(path: Path, x: np.ndarray, labels: np.ndarray, gz: bool) -> None:
+    write_examples(path, [
+        {"features": tf.train.Feature(float_list=tf.train.FloatList(value=row)),
+         LABEL: tf.train.Feature(float_list=tf.train.FloatList(value=[float(label)]))}
+        for row, label in zip(flat(x), labels)], gz)
+
+
+def write_imagenet(path: Path, images: np.ndarray, labels: np.ndarray, gz: bool) -> None:
+    """The ImageNet layout: image/encoded (JPEG bytes), image/class/label (int64, from 1)."""
+    write_examples(path, [
+        {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[encode(image, ".jpg")])),
+         "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(
+             value=[int(label) + 1]))}
+        for image, label in zip(images, labels)], gz)
+
+
+def encode(image: np.ndarray, suffix: str) -> bytes:
+    """An image in [0, 1], (height, width, channels), as PNG or JPEG bytes."""
+    pixels = tf.convert_to_tensor(np.clip(image * 255 + 0.5, 0, 255).astype("uint8"))
+    return (tf.io.encode_png if suffix == ".png" else tf.io.encode_jpeg)(pixels).numpy()
+
+
+def write_images(folder: Path, x: np.ndarray, y: np.ndarray, suffix: str = ".png") -> int:
+    """x as image files FOLDER/<label>/<n>.png, one folder per class, named by the label
+    zero-padded (sorted, the folders keep the labels' order)."""
+    width = len(str(int(y.max())))
+    for n, (image, label) in enumerate(zip(x, y)):
+        path = folder / f"{int(label):0{width}d}" / f"{n:06d}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode(image, suffix))
+    return len(x)
+
+
+WRITERS = {"csv": write_csv, "tfrecord": write_tfrecord, "imagenet": write_imagenet}
+FILE_SUFFIX = {"csv": "csv", "tfrecord": "tfrecord", "imagenet": "tfrecord"}
+WRITTEN = {"csv": "CSV files", "tfrecord": "TFRecord files", "images": "images in class folders "
+           "(validation under val/)", "imagenet": "TFRecord files in the ImageNet layout (train "
+           "on them with data.py's RECORD and from_record for it: its docstring has both)"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser_ = argparse.ArgumentParser(
         prog="make data-files", description="Write data.py's in-memory set (load()) as "
-        "training files train-*.{csv,tfrecord} and validation files val-* in DEST, for make "
-        "train DATA=DEST.")
+        "training files train-* and validation files val-* in DEST (images: class folders, "
+        "validation in DEST/val), for make train DATA=DEST.")
     parser_.add_argument("dest", type=Path, help="a new or empty folder")
-    parser_.add_argument("--format", choices=sorted(set(FORMATS.values())), default="csv")
+    parser_.add_argument("--format", choices=sorted(WRITTEN), default="csv")
     parser_.add_argument("--files", type=int, default=8, help="training files (default 8)")
     parser_.add_argument("--val-files", type=int, default=2, help="validation files (default 2)")
     parser_.add_argument("--gzip", action="store_true", help="gzip each file (.gz)")
@@ -380,10 +424,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config.load([])
     x_train, y_train, x_val, y_val = data.load(cfg.val_fraction, cfg.seed)
     args.dest.mkdir(parents=True, exist_ok=True)
-    written = (write(args.dest, "train", x_train, y_train, args.format, args.files, args.gzip)
-               + write(args.dest, "val", x_val, y_val, args.format, args.val_files, args.gzip))
-    print(f"{len(x_train)} training and {len(x_val)} validation records in {len(written)} "
-          f"{args.format} files under {args.dest}; train on them with make train DATA={args.dest}")
+    if args.format == "images":
+        write_images(args.dest, x_train, y_train)
+        write_images(args.dest / "val", x_val, y_val)
+    else:
+        write(args.dest, "train", x_train, y_train, args.format, args.files, args.gzip)
+        write(args.dest, "val", x_val, y_val, args.format, args.val_files, args.gzip)
+    print(f"{len(x_train)} training and {len(x_val)} validation records as "
+          f"{WRITTEN[args.format]} under {args.dest}; train on them with make train "
+          f"DATA={args.dest}")
     return 0
 
 
