@@ -67,3 +67,8 @@ def test_no_advice_when_compute_dominates_and_no_bandwidth_says_how_to_measure()
     net = scaling.ring(HOSTS, latency_only)
     assert net.bandwidth_Bps is None
     assert "BANDWIDTH=1" in scaling.summary(net, WORK)
+
+
+def test_sizes_are_shown_in_a_unit_that_keeps_their_figures() -> None:
+    assert [scaling.size_text(n) for n in (612, 2_400, 31_512_000, 1.2e9)] == [
+        "612 B", "2.4 kB", "31.5 MB", "1.2 GB"]
