@@ -96,9 +96,10 @@ def datasets(cfg: Config, rank: int, size: int) -> Data:
         val = records.dataset(val_mine, data.from_record, batch, rank=rank, size=size,
                               by_record=val_by_record, record=data.RECORD)
     files = len(train_set.files)
-    note = (f"{files} {train_set.fmt} files for {size} ranks: fewer files than ranks, so each "
+    kind = "images" if train_set.fmt == "images" else f"{train_set.fmt} files"
+    note = (f"{files} {kind} for {size} ranks: fewer files than ranks, so each "
             f"reads all and keeps 1 record in {size}" if by_record else
-            f"{files} {train_set.fmt} files, " + "-".join(
+            f"{files} {kind}, " + "-".join(
                 str(n) for n in sorted({files // size, -(-files // size)})) + " per rank")
     return Data(train, val, max(1, math.ceil(total / (batch * size))), list(mine.files),
                 f"{total} records in {note}" + ("" if val else "; no validation files"))
