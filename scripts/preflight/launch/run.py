@@ -1,6 +1,8 @@
-"""`make train` (python -m preflight.train, preflight-train): preflight the hosts unless the
-report already vouches for the hostfile, then launch template/train.py with horovodrun on the
-healthy hosts, over the interface the preflight chose, with one process per slot.
+"""`make train` (python -m preflight.train, preflight-train): check the template on this host
+(template/check.py: config.toml, DATA/VAL_DATA, model.py's contract; a mistake is one line,
+exit 2, nothing launched), preflight the hosts unless the report already vouches for the
+hostfile, then launch template/train.py with horovodrun on the healthy hosts, over the interface
+the preflight chose, with one process per slot.
 
 Variables (environment, all optional): HOSTFILE (train on this hostfile), HOSTS / INVENTORY
 (what to preflight), NP (process count), REPORT (default preflight.json), PREFLIGHT_HOSTFILE
@@ -10,7 +12,9 @@ MIXED_PRECISION=1/0, passed to template/train.py (template/config.toml says what
 BANDWIDTH=1: the preflight also measures each link's bandwidth, from which train.py predicts
 the step time and scaling (it prints the prediction before the first epoch).
 The job's output is shown tidied (rank 0's lines without mpirun's tags, other ranks' behind
-[rank N], no TensorFlow start-up notes); VERBOSE=1 shows it as horovodrun prints it.
+[rank N], no TensorFlow start-up notes; a rank's `error: ...` and mpirun's exit paragraphs are
+left to the one line at the end); VERBOSE=1 shows it as horovodrun prints it.
+RESUME=runs/<id> trains on the run's own DATA/VAL_DATA (its config.json) unless given.
 
 ELASTIC=1 runs template/train_elastic.py in horovodrun's elastic mode over Gloo: the discovery
 (preflight.discover, through scripts/discover_hosts.sh) preflights the same inventory (at most
