@@ -34,7 +34,7 @@ class Mistake(ValueError):
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config.parse(argv)
-        check_best()
+        check_model_py()
         has_val = check_data(cfg)
         check_model(cfg, has_val)
     except (config.ConfigError, records.DataError, Mistake) as exc:
@@ -46,7 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def check_best() -> None:
+HOOKS = ("build", "loss", "metrics", "optimizer", "callbacks")
+
+
+def check_model_py() -> None:
+    missing = [name for name in HOOKS if not callable(getattr(model_module, name, None))]
+    if missing:
+        raise Mistake(f"model.py has no {missing[0]}(); add it (the template's model.py has "
+                      "each, with what it must return)")
     best = getattr(model_module, "BEST", None)
     if not (isinstance(best, tuple) and len(best) == 2 and isinstance(best[0], str)):
         raise Mistake(f"model.py: BEST = {best!r} is not (metric, mode); write e.g. BEST = "
