@@ -72,4 +72,3 @@ def test_no_advice_when_compute_dominates_and_no_bandwidth_says_how_to_measure()
     net = scaling.ring(HOSTS, latency_only)
     assert net.bandwidth_Bps is None
     assert "BANDWIDTH=1" in scaling.summary(net, WORK)
-
