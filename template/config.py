@@ -127,9 +127,12 @@ def read_file(path: Path) -> dict:
         if kind is float and type(value) is int:
             values[name] = float(value)
         elif type(value) is not kind:
-            raise ConfigError(f"{path}: {name} = {value!r} is not a {kind.__name__}; write it "
-                              f"as one, e.g. {name} = {example(kind)}")
+            raise ConfigError(f"{path}: {name} = {value!r} is not {KIND_NAMES[kind]}; write "
+                              f"it as one, e.g. {name} = {example(kind)}")
     return values
+
+
+KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
 
 
 def example(kind: type) -> str:

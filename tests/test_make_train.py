@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -118,50 +119,55 @@ def train_in(copy: Path, tmp_path: Path, **variables: str) -> subprocess.Complet
                           cwd=copy, env=env, capture_output=True, text=True, timeout=300)
 
 
-def csv_file(path: Path, header: list[str], rows: list[list[str]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(",".join(row) for row in [header, *rows]) + "\n")
-    return path
-
-
-def digits_csv(folder: Path, label: str = "3", label_name: str = "label",
-               val: bool = True) -> Path:
-    """Files of the template's record shape (64 features and a label) with the given label."""
-    header = [f"f{i}" for i in range(64)] + [label_name]
-    rows = [["0.5"] * 64 + [label]] * 4
-    csv_file(folder / "train-0.csv", header, rows)
-    if val:
-        csv_file(folder / "val-0.csv", header, rows)
+def own_files(folder: Path, mistake: str = "") -> Path:
+    """data.py's own set as CSV files (make data-files), so that any model.py takes them, with
+    one mistake: the label column renamed, a string label, or no validation files."""
+    written = subprocess.run([str(ROOT / ".venv" / "bin" / "python"),
+                              str(ROOT / "template" / "records.py"), str(folder), "--files", "1",
+                              "--val-files", "1"], capture_output=True, text=True, timeout=300)
+    assert written.returncode == 0, written.stderr[-2000:]
+    (train,) = folder.glob("train-*.csv")
+    header, first, rest = train.read_text().split("\n", 2)
+    if mistake == "no label":
+        header = header.replace(",label", ",target")
+    elif mistake == "string labels":
+        first = first.rsplit(",", 1)[0] + ",cat"
+    elif mistake == "no val files":
+        for val in folder.glob("val-*"):
+            val.unlink()
+    train.write_text("\n".join((header, first, rest)))
     return folder
 
 
-EDITS = {  # file in template/ -> (text, replacement)
-    "config typo": ("config.toml", "epochs = 15", "epoch = 15"),
-    "config type": ("config.toml", "batch_size = 32", 'batch_size = "32"'),
-    "best typo": ("model.py", 'BEST = ("val_accuracy", "max")', 'BEST = ("val_acuracy", "max")'),
-    "best mode": ("model.py", 'BEST = ("val_accuracy", "max")',
-                  'BEST = ("val_accuracy", "maximum")'),
-    "build fails": ("model.py", "tf.keras.layers.Input(shape=data.INPUT_SHAPE)",
-                    "tf.keras.layers.Input(shape=(9, 9, 1))"),
+# Mistakes in model.py, appended to it so that they apply to any model.py.
+BROKEN = "\nimport tensorflow as tf\n\n\ndef build(sample=None):\n    return " \
+    "tf.keras.Sequential([tf.keras.layers.Input(shape=(1, 2, 3)), tf.keras.layers.Dense(1)])\n"
+EDITS = {  # file in template/ -> (pattern, replacement), or text appended
+    "config typo": ("config.toml", r"(?m)^epochs =", "epoch ="),
+    "config type": ("config.toml", r"(?m)^batch_size = (\d+)", r'batch_size = "\1"'),
+    "best typo": ("model.py", "", '\nBEST = (BEST[0] + "x", BEST[1])\n'),
+    "best mode": ("model.py", "", '\nBEST = (BEST[0], "maximum")\n'),
+    "build fails": ("model.py", "", BROKEN),
 }
 
 
 @pytest.mark.parametrize("mistake, said", [
     ("config typo", "config.toml: [train] has an unknown key 'epoch'; did you mean 'epochs'?"),
-    ("config type", "batch_size = '32' is not a int; write it as one, e.g. batch_size = 2"),
-    ("best typo", "BEST names 'val_acuracy', which the model does not report (did you mean "
-                  "'val_accuracy'?)"),
-    ("best mode", "BEST's mode 'maximum' is neither \"max\" nor \"min\"; write BEST = "
-                  "(\"val_accuracy\", \"max\")"),
-    ("build fails", "model.py does not run on data.py's examples (x [32, 8, 8, 1]"),
+    ("config type", "batch_size = '32' is not a whole number; write it as one, e.g. "
+                    "batch_size = 2"),
+    ("best typo", "x', which the model does not report (did you mean 'val_"),
+    ("best mode", "BEST's mode 'maximum' is neither \"max\" nor \"min\"; write BEST = "),
+    ("build fails", "model.py does not run on data.py's examples (x [32, "),
 ])
 def test_a_mistake_in_the_template_is_one_line_before_launch(tmp_path: Path, mistake: str,
                                                              said: str) -> None:
     copy = project(tmp_path)
-    name, old, new = EDITS[mistake]
+    name, pattern, new = EDITS[mistake]
     path = copy / "template" / name
-    assert old in path.read_text()
-    path.write_text(path.read_text().replace(old, new))
+    text = path.read_text()
+    edited = re.sub(pattern, new, text, count=1) if pattern else text + new
+    assert edited != text
+    path.write_text(edited)
     proc = train_in(copy, tmp_path)
     assert said in error_line(proc)
     assert_nothing_launched(tmp_path, proc)
@@ -173,36 +179,35 @@ def assert_nothing_launched(tmp_path: Path, proc: subprocess.CompletedProcess) -
     assert "usage:" not in proc.stderr + proc.stdout
 
 
-@pytest.mark.parametrize("files, said", [
+@pytest.mark.parametrize("mistake, said", [
     ("empty", "holds no training files; give a folder"),
-    ("no label", "train-0.csv has no column 'label' in its header"),
-    ("string labels", "train-0.csv: column 'label' holds 'cat', not a float; for strings"),
+    ("no label", ".csv has no column 'label' in its header"),
+    ("string labels", ".csv: column 'label' holds 'cat', not a float; for strings"),
     ("no val files", "has no validation files (names starting with val, or VAL_DATA=), so "
-                     "BEST's val_accuracy is never reported"),
+                     "BEST's val_"),
 ])
 def test_data_that_cannot_train_is_one_line_naming_the_file_before_launch(
-        tmp_path: Path, files: str, said: str) -> None:
+        tmp_path: Path, mistake: str, said: str) -> None:
     folder = tmp_path / "data"
-    folder.mkdir()
-    if files == "no label":
-        digits_csv(folder, label_name="target")
-    elif files == "string labels":
-        digits_csv(folder, label="cat")
-    elif files == "no val files":
-        digits_csv(folder, val=False)
+    if mistake == "empty":
+        folder.mkdir()
+    else:
+        own_files(folder, mistake)
     proc = make_train(tmp_path, DATA=str(folder))
-    assert said in error_line(proc)
+    line = error_line(proc)
+    assert said in line
+    assert mistake in ("empty", "no val files") or str(folder / "train-") in line  # the file
     assert_nothing_launched(tmp_path, proc)
 
 
 def test_resume_keeps_the_runs_data_and_says_so(tmp_path: Path) -> None:
     # A run that trained on files (here a set without labels, so the check stops before the
     # launch): RESUME= without DATA= reads them again, not the in-memory set.
-    data = digits_csv(tmp_path / "data", label_name="target")
+    data = own_files(tmp_path / "data", "no label")
     run = tmp_path / "old-run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"data": str(data), "val_data": ""}))
     proc = make_train(tmp_path, RESUME=str(run))
-    assert f"{data}/train-0.csv has no column 'label'" in error_line(proc)
+    assert f"{data}/train-" in error_line(proc) and "has no column 'label'" in error_line(proc)
     assert_nothing_launched(tmp_path, proc)
     assert json.loads((run / "config.json").read_text())["data"] == str(data)  # untouched
