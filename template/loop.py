@@ -12,6 +12,8 @@ import re
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +34,7 @@ from config import Config  # noqa: E402
 CHECKPOINT_RE = re.compile(r"epoch-(\d+)\.keras$")
 KEEP_CHECKPOINTS = 2
 SAMPLE_SIZE = 1024  # training inputs model.build() sees
+HOROVOD_SHUT_DOWN = "Horovod has been shut down"  # another rank stopped: it says why
 
 
 def start(cfg: Config) -> int:
@@ -71,6 +74,7 @@ class Data:
     steps_per_epoch: int
     files: list[str]  # this rank's training files ([] for the in-memory set)
     note: str  # how the data was split, for rank 0's first line
+    file_set: records.FileSet | None = None  # this rank's training files, for their errors
 
 
 def datasets(cfg: Config, rank: int, size: int) -> Data:
@@ -102,7 +106,27 @@ def datasets(cfg: Config, rank: int, size: int) -> Data:
             f"{files} {kind}, " + "-".join(
                 str(n) for n in sorted({files // size, -(-files // size)})) + " per rank")
     return Data(train, val, max(1, math.ceil(total / (batch * size))), list(mine.files),
-                f"{total} records in {note}" + ("" if val else "; no validation files"))
+                f"{total} records in {note}" + ("" if val else "; no validation files"), mine)
+
+
+@contextmanager
+def said_once(data: Data, elastic: bool = False) -> Iterator[None]:
+    """Around what reads the data (the forecast, fit): a record further in than make train's
+    check read that does not parse stops this rank with one line (which files, what is wrong),
+    not TensorFlow's traceback; the ranks that Horovod then shuts down exit without theirs (the
+    rank that stopped first says why). Elastic runs keep that error: it is their reset."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as exc:
+        if data.file_set is None:
+            raise
+        names = ", ".join(data.files[:3]) + (", ..." if len(data.files) > 3 else "")
+        raise SystemExit(f"error: a record in {names}: "
+                         f"{records.why_unparsed(exc, data.file_set)}") from None
+    except tf.errors.UnknownError as exc:
+        if elastic or HOROVOD_SHUT_DOWN not in str(exc):
+            raise
+        raise SystemExit(1) from None
 
 
 def in_memory(cfg: Config, rank: int, size: int) -> Data:

@@ -47,10 +47,11 @@ def main(argv: list[str] | None = None) -> int:
             loop.write_config(run, cfg)
         print(f"training on {hvd.size()} processes ({hvd.local_size()} on {loop.hostname()}, "
               f"{threads} threads each), {data.note}, run directory {run}", flush=True)
-    predicted = loop.forecast(cfg, model, data, run if rank0 else None)  # step time, scaling
-    model.fit(data.train, steps_per_epoch=data.steps_per_epoch, epochs=cfg.epochs,
-              initial_epoch=initial_epoch, validation_data=data.val, callbacks=callbacks,
-              verbose=0)
+    with loop.said_once(data):  # a bad record further in: one line, not a traceback per rank
+        predicted = loop.forecast(cfg, model, data, run if rank0 else None)  # step time, scaling
+        model.fit(data.train, steps_per_epoch=data.steps_per_epoch, epochs=cfg.epochs,
+                  initial_epoch=initial_epoch, validation_data=data.val, callbacks=callbacks,
+                  verbose=0)
 
     # Which host and files each rank had, for the record (and to show every rank took part).
     rank_hosts = allgather_object(loop.hostname(), name="rank_hosts")

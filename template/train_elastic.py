@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             # ... and commit it about once an epoch: a commit copies the weights and checks
             # for host changes; a lost host costs at most the work since the last one.
             hvd.elastic.CommitStateCallback(state, batches_per_commit=data.steps_per_epoch)]
-        state.model.fit(data.train, steps_per_epoch=data.steps_per_epoch, epochs=cfg.epochs,
-                        initial_epoch=state.epoch, validation_data=data.val,
-                        callbacks=callbacks, verbose=0)
+        with loop.said_once(data, elastic=True):  # a bad record further in: one line
+            state.model.fit(data.train, steps_per_epoch=data.steps_per_epoch, epochs=cfg.epochs,
+                            initial_epoch=state.epoch, validation_data=data.val,
+                            callbacks=callbacks, verbose=0)
         return progress, hosts, allgather_object(data.files, name="rank_files")
 
     done = train(state)

@@ -132,6 +132,8 @@ def own_files(folder: Path, mistake: str = "") -> Path:
         header = header.replace(",label", ",target")
     elif mistake == "string labels":
         first = first.rsplit(",", 1)[0] + ",cat"
+    elif mistake == "late string label":  # past the first record, which the check reads
+        rest = rest.rstrip("\n").rsplit(",", 1)[0] + ",cat\n"
     elif mistake == "no val files":
         for val in folder.glob("val-*"):
             val.unlink()
@@ -211,3 +213,17 @@ def test_resume_keeps_the_runs_data_and_says_so(tmp_path: Path) -> None:
     assert f"{data}/train-" in error_line(proc) and "has no column 'label'" in error_line(proc)
     assert_nothing_launched(tmp_path, proc)
     assert json.loads((run / "config.json").read_text())["data"] == str(data)  # untouched
+
+
+@pytest.mark.slow
+def test_a_bad_record_found_inside_the_ranks_is_one_line_at_the_end(tmp_path: Path) -> None:
+    data = own_files(tmp_path / "data", "late string label")
+    proc = make_train(tmp_path, DATA=str(data), NP="2", EPOCHS="2")
+    assert proc.returncode != 0
+    said = [ln for ln in proc.stderr.splitlines() if ln.startswith("make train:")]
+    assert said[-1].startswith(f"make train: error: a record in {data}/train-"), said
+    assert "column 'label' holds 'cat', not a float; for strings" in said[-1]
+    shown = proc.stdout + proc.stderr
+    assert shown.count("holds 'cat'") == 1  # once, not once per rank
+    for noise in ("Traceback", "Primary job", "mpirun detected", "usage:"):
+        assert noise not in shown, shown[-3000:]
