@@ -23,13 +23,13 @@ preflight: setup ## check every host, write hostfile and preflight.json (HOSTS=,
 	@$(PY) -m preflight $(if $(HOSTS),--hosts "$(HOSTS)") $(if $(INVENTORY),--inventory "$(INVENTORY)") \
 		$(if $(INTERFACE),--interface "$(INTERFACE)") --hostfile "$(or $(HOSTFILE),hostfile)" --report "$(REPORT)" $(PREFLIGHT_ARGS)
 
-train: setup ## preflight, then horovodrun template/train.py (HOSTFILE=, NP=, EPOCHS=, DATA=, RESUME=, ELASTIC=1, ...)
+train: setup ## check config, data and model.py, preflight, then horovodrun template/train.py (HOSTFILE=, NP=, EPOCHS=, DATA=, RESUME=, ELASTIC=1, ...)
 	@$(PY) -m preflight.train
 
 evaluate: setup ## a run's saved model on its validation data (RUN=runs/<id>, CHECKPOINT=best|last)
 	@$(PY) template/evaluate.py "$(RUN)" $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
-data-files: setup ## write the template's in-memory data set as files for DATA= (DEST=, FORMAT=csv|tfrecord, FILES=8)
+data-files: setup ## write the template's in-memory data set as files for DATA= (DEST=, FORMAT=csv|tfrecord|images|imagenet, FILES=8)
 	@$(PY) template/records.py "$(DEST)" --format $(or $(FORMAT),csv) --files $(or $(FILES),8)
 
 submit: setup ## sbatch template/train.sbatch: preflight + train in a Slurm job (NODES=3, TASKS_PER_NODE=1, TIME=, EXCLUDE=)

@@ -22,7 +22,7 @@ mkdir -p "$DEST"
 git -C "$ROOT" ls-files -z --cached --others --exclude-standard |
   grep -zvE "$EXCLUDE" |
   while IFS= read -r -d '' path; do
-    [ -e "$ROOT/$path" ] || continue  # deleted in the working tree
+    [ -f "$ROOT/$path" ] || continue  # deleted in the working tree, or a link to a folder (.venv)
     mkdir -p "$DEST/$(dirname "$path")"
     cp -p "$ROOT/$path" "$DEST/$path"
   done

@@ -75,10 +75,10 @@ def validation_data(cfg: config.Config) -> tf.data.Dataset:
     if not cfg.data:
         _, _, x_val, y_val = data.load(cfg.val_fraction, cfg.seed)
         return tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(cfg.batch_size)
-    _, val_set = records.training_and_validation(cfg.data, cfg.val_data)
+    _, val_set = records.training_and_validation(cfg.data, cfg.val_data, data.RECORD)
     if val_set is None:
         raise ValueError(f"the run's data {cfg.data} has no validation files (val*, or VAL_DATA)")
-    return records.dataset(val_set, data.from_record, cfg.batch_size)
+    return records.dataset(val_set, data.from_record, cfg.batch_size, record=data.RECORD)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import re
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 # isort: off
 import tfenv  # noqa: F401  (before TensorFlow)
 import horovod.tensorflow.keras as hvd  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from horovod.tensorflow import allgather_object, broadcast_variables  # noqa: E402
 # isort: on
@@ -30,6 +33,8 @@ from config import Config  # noqa: E402
 
 CHECKPOINT_RE = re.compile(r"epoch-(\d+)\.keras$")
 KEEP_CHECKPOINTS = 2
+SAMPLE_SIZE = 1024  # training inputs model.build() sees
+HOROVOD_SHUT_DOWN = "Horovod has been shut down"  # another rank stopped: it says why
 
 
 def start(cfg: Config) -> int:
@@ -69,6 +74,7 @@ class Data:
     steps_per_epoch: int
     files: list[str]  # this rank's training files ([] for the in-memory set)
     note: str  # how the data was split, for rank 0's first line
+    file_set: records.FileSet | None = None  # this rank's training files, for their errors
 
 
 def datasets(cfg: Config, rank: int, size: int) -> Data:
@@ -76,7 +82,8 @@ def datasets(cfg: Config, rank: int, size: int) -> Data:
     if not cfg.data:
         return in_memory(cfg, rank, size)
     try:
-        train_set, val_set = records.training_and_validation(cfg.data, cfg.val_data)
+        train_set, val_set = records.training_and_validation(cfg.data, cfg.val_data,
+                                                             data.RECORD)
     except records.DataError as exc:
         raise SystemExit(f"error: {exc}") from exc
     mine, by_record = train_set.shard(rank, size)
@@ -86,19 +93,40 @@ def datasets(cfg: Config, rank: int, size: int) -> Data:
     batch = cfg.batch_size
     train = records.dataset(mine, data.from_record, batch, rank=rank, size=size,
                             by_record=by_record, shuffle_seed=cfg.seed + rank,
-                            shuffle_buffer=cfg.shuffle_buffer)
+                            shuffle_buffer=cfg.shuffle_buffer, record=data.RECORD)
     val = None
     if val_set is not None:
         val_mine, val_by_record = val_set.shard(rank, size)
         val = records.dataset(val_mine, data.from_record, batch, rank=rank, size=size,
-                              by_record=val_by_record)
+                              by_record=val_by_record, record=data.RECORD)
     files = len(train_set.files)
-    note = (f"{files} {train_set.fmt} files for {size} ranks: fewer files than ranks, so each "
+    kind = "images" if train_set.fmt == "images" else f"{train_set.fmt} files"
+    note = (f"{files} {kind} for {size} ranks: fewer files than ranks, so each "
             f"reads all and keeps 1 record in {size}" if by_record else
-            f"{files} {train_set.fmt} files, " + "-".join(
+            f"{files} {kind}, " + "-".join(
                 str(n) for n in sorted({files // size, -(-files // size)})) + " per rank")
     return Data(train, val, max(1, math.ceil(total / (batch * size))), list(mine.files),
-                f"{total} records in {note}" + ("" if val else "; no validation files"))
+                f"{total} records in {note}" + ("" if val else "; no validation files"), mine)
+
+
+@contextmanager
+def said_once(data: Data, elastic: bool = False) -> Iterator[None]:
+    """Around what reads the data (the forecast, fit): a record further in than make train's
+    check read that does not parse stops this rank with one line (which files, what is wrong),
+    not TensorFlow's traceback; the ranks that Horovod then shuts down exit without theirs (the
+    rank that stopped first says why). Elastic runs keep that error: it is their reset."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as exc:
+        if data.file_set is None:
+            raise
+        names = ", ".join(data.files[:3]) + (", ..." if len(data.files) > 3 else "")
+        raise SystemExit(f"error: a record in {names}: "
+                         f"{records.why_unparsed(exc, data.file_set)}") from None
+    except tf.errors.UnknownError as exc:
+        if elastic or HOROVOD_SHUT_DOWN not in str(exc):
+            raise
+        raise SystemExit(1) from None
 
 
 def in_memory(cfg: Config, rank: int, size: int) -> Data:
@@ -114,12 +142,24 @@ def in_memory(cfg: Config, rank: int, size: int) -> Data:
                 f"{len(x_train)} in-memory records, 1 in {size} per rank")
 
 
+def first_batch(cfg: Config, n: int = SAMPLE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """The first n training examples (x, y), read alike on every rank and without a collective
+    (the elastic mode builds its model before any): what model.build() sees."""
+    if not cfg.data:
+        x_train, y_train, _, _ = data.load(cfg.val_fraction, cfg.seed)
+        return x_train[:n], y_train[:n]
+    train_set, _ = records.training_and_validation(cfg.data, cfg.val_data, data.RECORD)
+    for x, y in records.dataset(train_set, data.from_record, n, record=data.RECORD).take(1):
+        return x.numpy(), y.numpy()
+    raise records.DataError(f"DATA={cfg.data} holds no records")
+
+
 # --- the model -------------------------------------------------------------------------------
 
-def compiled_model(cfg: Config, size: int) -> tf.keras.Model:
-    """model.build() compiled with its loss and metrics and Horovod's optimizer, whose slots
-    exist at once (checkpoints and the elastic state carry them)."""
-    model = model_module.build()
+def compiled_model(cfg: Config, size: int, sample: np.ndarray | None = None) -> tf.keras.Model:
+    """model.build(sample) compiled with its loss and metrics and its optimizer wrapped by
+    Horovod, whose slots exist at once (checkpoints and the elastic state carry them)."""
+    model = model_module.build(sample)
     model.compile(optimizer=distributed_optimizer(cfg, size), loss=model_module.loss(),
                   metrics=model_module.metrics(), experimental_run_tf_function=False)
     model.optimizer.build(model.trainable_variables)
@@ -127,11 +167,11 @@ def compiled_model(cfg: Config, size: int) -> tf.keras.Model:
 
 
 def distributed_optimizer(cfg: Config, size: int) -> tf.keras.optimizers.Optimizer:
-    """Adam wrapped by Horovod: gradients are averaged across ranks by allreduce, every
-    `accumulate` batches, sent as float16 with fp16_allreduce."""
+    """model.optimizer() wrapped by Horovod: gradients are averaged across ranks by allreduce,
+    every `accumulate` batches, sent as float16 with fp16_allreduce."""
     return hvd.DistributedOptimizer(
         # Scale the learning rate with the world size: the global batch is size times larger.
-        tf.keras.optimizers.Adam(cfg.lr * size),
+        model_module.optimizer(cfg.lr * size),
         backward_passes_per_step=cfg.accumulate, average_aggregated_gradients=True,
         compression=hvd.Compression.fp16 if cfg.fp16_allreduce else hvd.Compression.none)
 
@@ -150,7 +190,8 @@ def broadcast_model(model: tf.keras.Model) -> None:
 
 def callbacks(cfg: Config, size: int, steps_per_epoch: int, run: Path | None,
               progress: ProgressLine) -> list[tf.keras.callbacks.Callback]:
-    """Every rank's callbacks, and rank 0's (run given): progress, checkpoints, TensorBoard."""
+    """Every rank's callbacks, model.callbacks() after them (they see the averaged metrics),
+    and rank 0's (run given): progress, checkpoints, TensorBoard."""
     shared = [
         hvd.callbacks.MetricAverageCallback(),  # rank 0 reports the metrics of all ranks
         # Warm up from lr to lr x size over the first epochs: large steps at once diverge.
@@ -158,6 +199,7 @@ def callbacks(cfg: Config, size: int, steps_per_epoch: int, run: Path | None,
                                                  warmup_epochs=cfg.warmup,
                                                  momentum_correction=False,
                                                  steps_per_epoch=steps_per_epoch)]
+    shared += model_module.callbacks(rank0=run is not None)
     if run is None:
         return shared
     return shared + [progress, Checkpoints(run, progress), EpochSummaries(run / "tensorboard")]
@@ -247,6 +289,13 @@ def new_run_dir(out: str) -> Path:
         suffix += 1
     (run / "checkpoints").mkdir(parents=True)
     return run
+
+
+def data_name(cfg: Config) -> str:
+    """What a run trains on, as make's variables name it."""
+    if not cfg.data:
+        return "data.py's in-memory set"
+    return f"DATA={cfg.data}" + (f" VAL_DATA={cfg.val_data}" if cfg.val_data else "")
 
 
 def write_config(run: Path, cfg: Config) -> None:
@@ -393,11 +442,18 @@ def finish(run: Path, model: tf.keras.Model, progress: ProgressLine, cfg: Config
             plot_prediction(predicted["predicted"], metrics["scaling"]["measured"],
                             run / "prediction.png")
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return (f"done: {scores(progress)}; model {run / 'model.keras'}, metrics "
+            f"{run / 'metrics.json'}, checkpoints {run / 'checkpoints'}")
+
+
+def scores(progress: ProgressLine) -> str:
+    """model.BEST's metric at the last epoch and at the best one (best.keras)."""
     name = model_module.BEST[0]
-    shown = f"{name} {progress.last[name]:.4f}" if name in progress.last else \
-        f"loss {progress.last.get('loss', float('nan')):.4f}"
-    return (f"done: {shown}; model {run / 'model.keras'}, metrics {run / 'metrics.json'}, "
-            f"checkpoints {run / 'checkpoints'}")
+    last = f"{name} {progress.last.get(name, float('nan')):.4f} at the last epoch"
+    best = progress.best
+    if not best:
+        return last
+    return last + f", best {best['value']:.4f} at epoch {best['epoch']} (best.keras)"
 
 
 def measured(predicted: dict, progress: ProgressLine, hosts: int) -> dict:

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     data = loop.datasets(cfg, hvd.rank(), hvd.size())  # each rank its own files or shard
-    model = loop.compiled_model(cfg, hvd.size())
+    model = loop.compiled_model(cfg, hvd.size(), loop.first_batch(cfg)[0])  # build() sees data
     if checkpoint is not None:
         loop.restore(model, checkpoint)
         loop.set_lr(model, cfg.lr * hvd.size())  # the world size may have changed
@@ -43,13 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     callbacks = loop.callbacks(cfg, hvd.size(), data.steps_per_epoch, run if rank0 else None,
                                progress)  # logging, checkpoints, TensorBoard: rank 0 alone
     if rank0:
-        loop.write_config(run, cfg)
+        if checkpoint is None:  # a resumed run keeps its config.json: make evaluate reads it
+            loop.write_config(run, cfg)
         print(f"training on {hvd.size()} processes ({hvd.local_size()} on {loop.hostname()}, "
               f"{threads} threads each), {data.note}, run directory {run}", flush=True)
-    predicted = loop.forecast(cfg, model, data, run if rank0 else None)  # step time, scaling
-    model.fit(data.train, steps_per_epoch=data.steps_per_epoch, epochs=cfg.epochs,
-              initial_epoch=initial_epoch, validation_data=data.val, callbacks=callbacks,
-              verbose=0)
+    with loop.said_once(data):  # a bad record further in: one line, not a traceback per rank
+        predicted = loop.forecast(cfg, model, data, run if rank0 else None)  # step time, scaling
+        model.fit(data.train, steps_per_epoch=data.steps_per_epoch, epochs=cfg.epochs,
+                  initial_epoch=initial_epoch, validation_data=data.val, callbacks=callbacks,
+                  verbose=0)
 
     # Which host and files each rank had, for the record (and to show every rank took part).
     rank_hosts = allgather_object(loop.hostname(), name="rank_hosts")
@@ -74,7 +76,7 @@ def find_start(cfg: config.Config) -> tuple[Path, bytes | None, int]:
     blob, epoch = payload
     if hvd.rank() == 0:
         print(f"resuming {run} from epoch {epoch} (checkpoint epoch-{epoch:03d}.keras), "
-              f"up to {cfg.epochs} epochs", flush=True)
+              f"up to {cfg.epochs} epochs, on {loop.data_name(cfg)}", flush=True)
     return run, blob, epoch
 
 

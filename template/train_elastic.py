@@ -26,7 +26,7 @@ import loop  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     cfg = config.load(argv)
     threads = loop.start(cfg)
-    model = loop.compiled_model(cfg, hvd.size())
+    model = loop.compiled_model(cfg, hvd.size(), loop.first_batch(cfg)[0])  # build() sees data
     run, initial_epoch = find_start(cfg, model)
     # What a reset rolls back to and a new worker receives from rank 0: weights, optimizer
     # slots, the epoch and batch reached, and the run directory rank 0 writes to.
@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             # ... and commit it about once an epoch: a commit copies the weights and checks
             # for host changes; a lost host costs at most the work since the last one.
             hvd.elastic.CommitStateCallback(state, batches_per_commit=data.steps_per_epoch)]
-        state.model.fit(data.train, steps_per_epoch=data.steps_per_epoch, epochs=cfg.epochs,
-                        initial_epoch=state.epoch, validation_data=data.val,
-                        callbacks=callbacks, verbose=0)
+        with loop.said_once(data, elastic=True):  # a bad record further in: one line
+            state.model.fit(data.train, steps_per_epoch=data.steps_per_epoch, epochs=cfg.epochs,
+                            initial_epoch=state.epoch, validation_data=data.val,
+                            callbacks=callbacks, verbose=0)
         return progress, hosts, allgather_object(data.files, name="rank_files")
 
     done = train(state)
@@ -90,7 +91,8 @@ def find_start(cfg: config.Config, model) -> tuple[Path, int]:
     if found is None:
         raise SystemExit(f"error: resume: no checkpoint under {cfg.resume}/checkpoints")
     loop.restore(model, found[0].read_bytes())
-    print(f"resuming {cfg.resume} from epoch {found[1]}, up to {cfg.epochs} epochs", flush=True)
+    print(f"resuming {cfg.resume} from epoch {found[1]}, up to {cfg.epochs} epochs, on "
+          f"{loop.data_name(cfg)}", flush=True)
     return Path(cfg.resume), found[1]
 
 

@@ -80,6 +80,7 @@ def test_killed_rank_is_named_and_the_run_resumes_to_the_full_epoch_count(tmp_pa
                           capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f"resuming {run} from epoch {stopped_at}" in proc.stdout
+    assert "on data.py's in-memory set" in proc.stdout  # the run's data, said
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["initial_epoch"], metrics["epochs"], metrics["world_size"]) == (
         stopped_at, total, 1)

@@ -168,6 +168,14 @@ def leave_out(net: Ring, work: Workload, matrices: Mapping, now: Point) -> list[
             f"{point.samples_per_s / now.samples_per_s:.2f}x"]
 
 
+def size_text(n_bytes: float) -> str:
+    """Bytes in the unit that keeps three figures: 612 B, 2.4 kB, 31.5 MB, 1.2 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.3g} {unit}"
+    return f"{n_bytes:.0f} B"
+
+
 def summary(net: Ring, work: Workload) -> str:
     """One line: the prediction for all the ring's hosts."""
     point = predict(net, work)
@@ -178,5 +186,5 @@ def summary(net: Ring, work: Workload) -> str:
             if net.bandwidth_Bps else "within one host")
     return (f"prediction on {point.hosts} host(s), {point.ranks} rank(s): "
             f"{point.step_s * 1e3:.1f} ms/step (compute {work.compute_s * 1e3:.1f} ms, allreduce "
-            f"{point.comm_s * 1e3:.1f} ms of {work.gradient_bytes / 1e6:.2f} MB {link}), "
+            f"{point.comm_s * 1e3:.1f} ms of {size_text(work.gradient_bytes)} {link}), "
             f"{point.samples_per_s:,.0f} samples/s, scaling efficiency {point.efficiency:.0%}")

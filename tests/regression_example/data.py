@@ -3,11 +3,15 @@ features, disease progression after a year), the target standardised."""
 
 from __future__ import annotations
 
+# isort: off
+import records
 import numpy as np
 import tensorflow as tf
+# isort: on
 from sklearn.datasets import load_diabetes
 
 INPUT_SHAPE = (10,)
+RECORD = records.Record()  # make data-files' layout: "features" (or columns) and "label"
 
 
 def load(val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -20,5 +24,8 @@ def load(val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return x[train], y[train], x[val], y[val]
 
 
-def from_record(features: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return tf.reshape(features, INPUT_SHAPE), label
+def from_record(record: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """A TFRecord's "features", or a CSV row's columns other than the label."""
+    x = record["features"] if "features" in record else tf.stack(
+        [value for name, value in record.items() if name != RECORD.label])
+    return tf.reshape(x, INPUT_SHAPE), record[RECORD.label]

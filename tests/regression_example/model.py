@@ -9,7 +9,7 @@ import data
 BEST = ("val_mae", "min")
 
 
-def build() -> tf.keras.Model:
+def build(sample=None) -> tf.keras.Model:
     return tf.keras.Sequential([
         tf.keras.layers.Input(shape=data.INPUT_SHAPE),
         tf.keras.layers.Dense(32, activation="relu"),
@@ -23,3 +23,11 @@ def loss() -> tf.keras.losses.Loss | str:
 
 def metrics() -> list:
     return ["mae"]
+
+
+def optimizer(lr: float) -> tf.keras.optimizers.Optimizer:
+    return tf.keras.optimizers.Adam(lr)
+
+
+def callbacks(rank0: bool) -> list:
+    return []

@@ -3,6 +3,7 @@ other ranks' behind [rank N], TensorFlow's start-up notes left out, every byte k
 
 from __future__ import annotations
 
+from preflight.launch import explain
 from preflight.launch.output import TidyOutput
 
 RAW = (b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
@@ -39,3 +40,25 @@ def test_a_line_without_its_newline_yet_waits_and_the_end_flushes_it() -> None:
 
 def test_verbose_shows_the_stream_as_it_came() -> None:
     assert feed_in_pieces(TidyOutput(raw=True), RAW, 5) == RAW
+
+
+# What horovodrun printed when both ranks exited with the template's one-line error (mpirun
+# 4.1, glued tag and all), and one box that is news.
+RULE = b"-" * 74 + b"\n"
+FAILED = (b"[1,0]<stderr>:error: DATA=d holds no files; give a folder[1,0]<stderr>:\n"
+          + RULE +
+          b"Primary job  terminated normally, but 1 process returned\n"
+          b"a non-zero exit code. Per user-direction, the job has been aborted.\n"
+          + RULE + b"[1,1]<stderr>:error: DATA=d holds no files; give a folder\n"
+          + RULE + b"mpirun detected that one or more processes exited with non-zero status, thus "
+          b"causing\nthe job to be terminated. The first process to do so was:\n\n"
+          b"  Process name: [[7106,1],0]\n  Exit code:    2\n"
+          + RULE + RULE + b"ORTE was unable to reliably start one or more daemons.\n" + RULE)
+
+
+def test_a_ranks_error_and_mpiruns_exit_notes_are_left_to_the_one_line_at_the_end() -> None:
+    shown = feed_in_pieces(TidyOutput(), FAILED, 11).decode()
+    assert shown.splitlines() == ["-" * 74, "ORTE was unable to reliably start one or more "
+                                  "daemons.", "-" * 74]  # news stays
+    said = explain.failure(FAILED.decode(), ["h1", "h2"])
+    assert said == "error: DATA=d holds no files; give a folder"  # once, not once per rank

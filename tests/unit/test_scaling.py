@@ -34,6 +34,11 @@ def test_a_ring_allreduce_of_4_mb_over_100_mbit_by_hand() -> None:
     assert point.efficiency == pytest.approx(0.010 / (0.010 + comm))
 
 
+def test_sizes_are_shown_in_a_unit_that_keeps_their_figures() -> None:
+    assert [scaling.size_text(n) for n in (612, 2_400, 31_512_000, 1.2e9)] == [
+        "612 B", "2.4 kB", "31.5 MB", "1.2 GB"]
+
+
 def test_fp16_halves_the_bytes_and_accumulation_divides_the_allreduces() -> None:
     net = scaling.ring(HOSTS, matrices())
     fp16 = scaling.predict(net, scaling.Workload(0.010, 1_000_000, 32, fp16=True))

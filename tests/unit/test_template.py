@@ -124,7 +124,7 @@ folder = sys.argv[1]
 x = np.arange(40, dtype="float32").reshape(20, 2)
 records.write(__import__("pathlib").Path(folder), "train", x, np.zeros(20), "csv", 1, False)
 train, _ = records.training_and_validation(folder, "")
-ident = lambda f, l: (f, l)
+ident = lambda r: (__import__("tensorflow").stack([r["f0"], r["f1"]]), r["label"])
 got = [sorted(float(v) for b in records.dataset(train, ident, 4, rank=r, size=3, by_record=True)
               for v in b[0].numpy()[:, 0]) for r in range(3)]
 print(json.dumps(got))
@@ -154,6 +154,106 @@ def test_files_that_do_not_form_a_data_set_are_refused_by_name(tmp_path: Path) -
         records.training_and_validation(str(tmp_path), "")
     with pytest.raises(records.DataError, match="no training files"):
         records.training_and_validation(str(tmp_path / "nothing*"), "")
+
+
+IMAGES = """
+import json, sys
+from pathlib import Path
+import numpy as np
+import tfenv, records
+folder = Path(sys.argv[1])
+# Images of one grey level per class (0.2, 0.5, 0.8), 20x30 RGB, PNG for training, JPEG for
+# validation; read back resized to 10x15.
+y = np.arange(12) % 3
+x = np.ones((12, 20, 30, 3), "float32") * (0.2 + 0.3 * y)[:, None, None, None]
+records.write_images(folder, x[:9], y[:9], ".png")
+records.write_images(folder / "val", x[9:], y[9:], ".jpg")
+rec = records.Record(image_size=(10, 15), channels=3)
+train, val = records.training_and_validation(str(folder), "", rec)
+ident = lambda r: (r["image"], r["label"])
+shards = [train.shard(r, 2)[0] for r in range(2)]
+def read(file_set):
+    xs, ys = zip(*[(b[0].numpy(), b[1].numpy()) for b in records.dataset(file_set, ident, 4,
+                                                                         record=rec)])
+    xs, ys = np.concatenate(xs), np.concatenate(ys)
+    return {"labels": sorted(ys.tolist()), "shape": list(xs.shape[1:]),
+            "levels": {int(k): float(xs[ys == k].mean()) for k in set(ys.tolist())},
+            "want": sorted(int(Path(f).parent.name) for f in file_set.files)}
+print(json.dumps({"fmt": train.fmt, "classes": list(train.columns),
+                  "shards": [list(s.files) for s in shards], "all": list(train.files),
+                  "val": list(val.files), "count": records.count(train),
+                  "read": [read(s) for s in shards], "read_val": read(val)}))
+"""
+
+
+def test_image_folders_are_classes_split_by_file_and_decoded_at_the_records_size(
+        tmp_path: Path) -> None:
+    got = run_template(IMAGES, str(tmp_path))
+    assert (got["fmt"], got["classes"], got["count"]) == ("images", ["0", "1", "2"], 9)
+    flat = [f for files in got["shards"] for f in files]
+    assert sorted(flat) == sorted(got["all"]) and len(set(flat)) == 9  # disjoint, cover
+    assert [len(files) for files in got["shards"]] == [5, 4]
+    assert all(Path(f).parts[-3] == "val" and f.endswith(".jpg") for f in got["val"])
+    for read in [*got["read"], got["read_val"]]:
+        assert read["labels"] == read["want"]  # each image labelled by its class folder
+        assert read["shape"] == [10, 15, 3]
+        for label, level in read["levels"].items():
+            assert level == pytest.approx(0.2 + 0.3 * int(label), abs=0.01)
+
+
+IMAGENET = """
+import json, sys
+from pathlib import Path
+import numpy as np
+import tfenv, records
+import tensorflow as tf
+folder = Path(sys.argv[1])
+y = np.arange(20) % 4
+x = np.ones((20, 16, 16, 3), "float32") * (0.1 + 0.25 * y)[:, None, None, None]
+records.write(folder, "train", x[:16], y[:16], "imagenet", 3, False)
+records.write(folder, "val", x[16:], y[16:], "imagenet", 1, True)
+# What a user's data.py declares for this layout (labels from 1 in the files).
+rec = records.Record(label="image/class/label", features={
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64)})
+def from_record(r):
+    return records.decode_image(r["image/encoded"], (8, 8), 3), r["image/class/label"] - 1
+train, val = records.training_and_validation(str(folder), "", rec)
+xs, ys = zip(*[(b[0].numpy(), b[1].numpy())
+               for b in records.dataset(train, from_record, 5, record=rec)])
+xs, ys = np.concatenate(xs), np.concatenate(ys)
+first_x, first_y = records.first_example(val, from_record, rec)
+print(json.dumps({"count": records.count(train), "val_count": records.count(val),
+                  "labels": sorted(ys.tolist()), "shape": list(xs.shape[1:]),
+                  "levels": {int(k): float(xs[ys == k].mean()) for k in range(4)},
+                  "first": [list(first_x.shape), int(first_y)]}))
+"""
+
+
+def test_imagenet_style_tfrecords_train_through_the_record_hook(tmp_path: Path) -> None:
+    got = run_template(IMAGENET, str(tmp_path))
+    assert (got["count"], got["val_count"]) == (16, 4)
+    assert got["labels"] == sorted(i % 4 for i in range(16))
+    assert got["shape"] == [8, 8, 3] and got["first"] == [[8, 8, 3], 0]
+    for label, level in got["levels"].items():
+        assert level == pytest.approx(0.1 + 0.25 * int(label), abs=0.02)  # JPEG: near
+
+
+def test_a_resumed_run_keeps_its_data_unless_told_otherwise(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"data": "/d", "val_data": "/v"}))
+    cfg = config.parse(["--resume", str(tmp_path)])
+    assert (cfg.data, cfg.val_data) == ("/d", "/v")
+    other = config.parse(["--resume", str(tmp_path), "--data", "/other"])
+    assert (other.data, other.val_data) == ("/other", "")  # told otherwise: config.toml's rest
+
+
+def test_a_config_mistake_is_one_line_with_the_fix(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(config.DEFAULT_FILE.read_text().replace("warmup = 2", "warmpu = 2"))
+    with pytest.raises(config.ConfigError, match="unknown key 'warmpu'; did you mean 'warmup'"):
+        config.parse(["--config", str(cfg_file)])
+    with pytest.raises(config.ConfigError, match="invalid int value: 'abc'"):
+        config.parse(["--epochs", "abc"])
 
 
 # --- the knobs, on Horovod's real optimizer in one process ------------------------------------

@@ -173,8 +173,9 @@ def data_files(name: str, value: str | None, root: Path) -> str | None:
     path = str(Path(root, value))  # an absolute value stays as it is
     if not (Path(path).exists() or glob.glob(path)):
         raise UserError(f"{name}={value} names no file, folder or glob match",
-                        "give a folder of .csv or .tfrecord files (make data-files DEST=... "
-                        "writes an example), a file or a quoted glob")
+                        "give a folder of .csv or .tfrecord files or of class folders of "
+                        "images (make data-files DEST=... writes an example), a file or a "
+                        "quoted glob")
     return path
 
 

@@ -18,6 +18,8 @@ EXITED_RE = re.compile(r"Process name:\s*\[\[\d+,\d+\],(\d+)\]\s*Exit code:\s*(-
 SLOT_RE = re.compile(r"^Process name: *([^\s\[]+)\[(\d+)\]", re.MULTILINE)
 EXIT_CODE_RE = re.compile(r"^Exit code: *(-?\d+)", re.MULTILINE)
 ELASTIC_TIMEOUT = "enough resources to run at least"  # horovodrun's HOROVOD_ELASTIC_TIMEOUT
+RANK_ERROR_RE = re.compile(r"<std(?:out|err)>:error: (.*?)(?=\[\d+(?:,\d+)?\]<std|$)",
+                           re.MULTILINE)  # the template's `error: WHAT; FIX`, tags cut off
 RUN_DIR_RE = re.compile(r"run directory ([^\s\[]+)")  # mpirun may glue a "[1,0]<stdout>:" on
 
 
@@ -29,6 +31,8 @@ def failure(log: str, rank_hosts: Sequence[str] = (), elastic: bool = False,
 
 
 def what_failed(log: str, rank_hosts: Sequence[str], min_np: int) -> str:
+    if m := RANK_ERROR_RE.search(log):  # a rank said what is wrong and how to fix it
+        return f"error: {m.group(1).strip()}"
     if ELASTIC_TIMEOUT in log:
         return (f"fewer than MIN_NP={min_np} slots passed the preflight within "
                 "HOROVOD_ELASTIC_TIMEOUT (default 600 s): run make preflight to see why")

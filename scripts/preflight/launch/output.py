@@ -24,12 +24,23 @@ NOISE = tuple(re.compile(p) for p in (
 ))
 
 
+# mpirun's boxed paragraphs (between lines of dashes) after a rank exits non-zero: explain.py
+# says which rank and why in one line. Other boxes (a daemon that did not start) are shown.
+RULE = re.compile(rb"^-{20,}$")
+MPIRUN_EXIT_NOTES = (b"Primary job  terminated normally", b"mpirun detected that one or more "
+                     b"processes exited", b"Primary job terminated normally")
+# A rank's `error: WHAT; FIX` (the template's one line for a mistake): every rank may print the
+# same; explain.py shows it once, at the end.
+RANK_ERROR = re.compile(rb"^error: ")
+
+
 class TidyOutput:
     """Feed it the job's bytes as they come; it returns what to show, whole lines only."""
 
     def __init__(self, raw: bool = False) -> None:
         self.raw = raw
         self.pending = b""
+        self.box: list[bytes] | None = None  # an mpirun box's lines while it is open
 
     def feed(self, chunk: bytes) -> bytes:
         if self.raw:
@@ -40,16 +51,34 @@ class TidyOutput:
 
     def flush(self) -> bytes:
         rest, self.pending = self.pending, b""
-        return b"" if self.raw or not rest else self.tidy(rest)
+        shown = b"" if self.raw or not rest else self.tidy(rest)
+        box, self.box = self.box or [], None  # a box never closed: shown as it came
+        return shown + b"".join(line + b"\n" for line in box)
 
     def tidy(self, line: bytes) -> bytes:
         shown = b""
         for text in line.split(b"\r"):  # a progress bar's redraws: each becomes a line
             for rank, part in parts(text):
-                if part.strip() and not any(p.search(part) for p in NOISE):
+                if rank is None and (self.box is not None or RULE.match(part.strip())):
+                    shown += self.boxed(part.rstrip())
+                elif part.strip() and not any(p.search(part) for p in NOISE) and not (
+                        rank is not None and RANK_ERROR.match(part)):
                     shown += (part if rank in (None, 0) else b"[rank %d] %s" % (rank, part))
                     shown += b"\n"
         return shown
+
+    def boxed(self, line: bytes) -> bytes:
+        """Holds an mpirun box until its closing rule; shows it unless it is an exit note."""
+        if self.box is None:
+            self.box = [line]
+            return b""
+        self.box.append(line)
+        if not RULE.match(line):
+            return b""
+        box, self.box = self.box, None
+        if any(note in b" ".join(box) for note in MPIRUN_EXIT_NOTES):
+            return b""
+        return b"".join(part + b"\n" for part in box)
 
 
 def parts(text: bytes) -> list[tuple[int | None, bytes]]:

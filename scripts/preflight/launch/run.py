@@ -1,6 +1,8 @@
-"""`make train` (python -m preflight.train, preflight-train): preflight the hosts unless the
-report already vouches for the hostfile, then launch template/train.py with horovodrun on the
-healthy hosts, over the interface the preflight chose, with one process per slot.
+"""`make train` (python -m preflight.train, preflight-train): check the template on this host
+(template/check.py: config.toml, DATA/VAL_DATA, model.py's contract; a mistake is one line,
+exit 2, nothing launched), preflight the hosts unless the report already vouches for the
+hostfile, then launch template/train.py with horovodrun on the healthy hosts, over the interface
+the preflight chose, with one process per slot.
 
 Variables (environment, all optional): HOSTFILE (train on this hostfile), HOSTS / INVENTORY
 (what to preflight), NP (process count), REPORT (default preflight.json), PREFLIGHT_HOSTFILE
@@ -10,7 +12,9 @@ MIXED_PRECISION=1/0, passed to template/train.py (template/config.toml says what
 BANDWIDTH=1: the preflight also measures each link's bandwidth, from which train.py predicts
 the step time and scaling (it prints the prediction before the first epoch).
 The job's output is shown tidied (rank 0's lines without mpirun's tags, other ranks' behind
-[rank N], no TensorFlow start-up notes); VERBOSE=1 shows it as horovodrun prints it.
+[rank N], no TensorFlow start-up notes; a rank's `error: ...` and mpirun's exit paragraphs are
+left to the one line at the end); VERBOSE=1 shows it as horovodrun prints it.
+RESUME=runs/<id> trains on the run's own DATA/VAL_DATA (its config.json) unless given.
 
 ELASTIC=1 runs template/train_elastic.py in horovodrun's elastic mode over Gloo: the discovery
 (preflight.discover, through scripts/discover_hosts.sh) preflights the same inventory (at most
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 def launch(cfg: LaunchConfig) -> int:
     """The whole job; its scratch folder (the ssh wrapper, the discovery's state, the log) is
     removed at the end."""
+    check_template(cfg)
     scratch = Path(tempfile.mkdtemp(prefix="train-"))
     try:
         try:
@@ -95,6 +100,25 @@ def launch(cfg: LaunchConfig) -> int:
         return rc
     finally:
         rmtree(scratch, ignore_errors=True)
+
+
+def check_template(cfg: LaunchConfig) -> None:
+    """template/check.py on this host, before any preflight or launch: a mistake in the
+    configuration, the data or model.py is one line here, not one per rank after the launch."""
+    script = cfg.root / "template" / "check.py"
+    proc = subprocess.run([str(cfg.python), str(script), *cfg.training_args()], cwd=cfg.root,
+                          capture_output=True, text=True)
+    for note in proc.stdout.splitlines():
+        say(note)
+    if proc.returncode == 0:
+        return
+    said = [line.removeprefix("error: ") for line in proc.stderr.splitlines()
+            if line.startswith("error: ")]
+    if said:
+        raise UserError(said[-1])
+    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise UserError(f"the template does not load ({last})",
+                    f"run {script.relative_to(cfg.root)} with the venv's python to see where")
 
 
 class PreflightFailed(Exception):
