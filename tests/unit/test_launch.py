@@ -19,6 +19,7 @@ import pytest
 from preflight.errors import Exit, UserError
 from preflight.launch import command, explain
 from preflight.launch.config import LaunchConfig
+from preflight.launch.run import PreflightFailed, choose_hostfile
 from preflight.report import read_report, vouches
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -384,3 +385,19 @@ def group_alive(group: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_interface_runs_a_new_preflight_with_it_even_where_the_report_vouches(
+        venv: Path, tmp_path: Path) -> None:
+    """INTERFACE= asks for a network the report may not have checked: make train runs the
+    preflight with --interface rather than trust the old report."""
+    seen = tmp_path / "argv.txt"
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\necho "$@" > {seen}\nexit 2\n')
+    hostfile, report = write_pair(tmp_path, "h1 slots=1\n")
+    assert config(venv).interface is None
+    cfg = config(venv, HOSTFILE=str(hostfile), REPORT=str(report), INTERFACE="eth2")
+    assert cfg.interface == "eth2"
+    with pytest.raises(PreflightFailed) as info:
+        choose_hostfile(cfg)
+    assert info.value.code == Exit.BAD_INPUT
+    assert f"-m preflight --inventory {hostfile} --interface eth2" in seen.read_text()

@@ -134,7 +134,8 @@ def choose_hostfile(cfg: LaunchConfig) -> Path:
     preflight writes."""
     output = cfg.preflight_hostfile
     if cfg.hostfile is not None:
-        if report_vouches(cfg.report, cfg.hostfile):
+        # INTERFACE= asks for a network the report may not have checked: a new preflight.
+        if report_vouches(cfg.report, cfg.hostfile) and cfg.interface is None:
             say(f"{cfg.report} vouches for {cfg.hostfile}; launching without a new preflight")
             return cfg.hostfile
         # A hostfile from elsewhere is checked as the inventory; the healthy hosts go to a new
