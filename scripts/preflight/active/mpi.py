@@ -48,6 +48,7 @@ PROBE_SOURCE = source("mpi_probe")
 # session, an orted, a Python with mpi4py each); a real cluster starts them side by side.
 LAUNCH_PER_HOST_S = 0.3
 PAIR_SHARE = 0.7  # of the timeout, for the pair rounds; the rest is for launch and allreduce
+MIN_PAIR_WAIT_S = 1.5  # a pair's wait for its first message at least (pair_wait_s())
 BTL_PORT_MIN = 1025
 
 
@@ -97,7 +98,8 @@ def run_mpi(hosts: list[MpiHost], interface: str, cidr: str, python: str,
             start_s = limit_s / 2
         return launch(group, cidr, python, measure, ssh_args, limit_s, start_s, seed=seed)
 
-    first = attempt(hosts, timeout_s + LAUNCH_PER_HOST_S * len(hosts), bandwidth,
+    first = attempt(hosts, max(timeout_s, rounds_floor_s(len(hosts), bandwidth, seed))
+                    + LAUNCH_PER_HOST_S * len(hosts), bandwidth,
                     start_limit_s(timeout_s, len(hosts)))
     if first.ok:
         return judged(first, interface, bandwidth)
@@ -159,6 +161,15 @@ def observed(attempt: Attempt) -> str:
     return what_happened(attempt.run, attempt.output, len(attempt.layout))
 
 
+def rounds_floor_s(ranks: int, bandwidth: bool, seed: int = 0) -> float:
+    """The least time a group run needs for its pair rounds when each slot is as short as it
+    gets (pair_wait_s() at its floor), over the PAIR_SHARE of the run they are given. A limit
+    below it stops rounds that are on time: with --bandwidth beyond 16 hosts, 8-9 rounds of
+    up to 6 s each, which a 30 s timeout and the launch could not hold."""
+    rounds = max(1, len(schedule(ranks, seed)))
+    return rounds * (MIN_PAIR_WAIT_S + SKEW_S + slot_measure_s(bandwidth)) / PAIR_SHARE
+
+
 def start_limit_s(timeout_s: float, hosts: int) -> float:
     """How long a group run may take for every rank to start before it is stopped as hung: a
     third of its time, and LAUNCH_PER_HOST_S more per host (each is an ssh session and a
@@ -180,7 +191,9 @@ def launch(hosts: Sequence[MpiHost], cidr: str, python: str, bandwidth: bool,
     layout = rank_layout(hosts)
     limit_s = max(1.0, limit_s)
     argv = mpirun_argv(hosts, layout, cidr, python, bandwidth, ssh_args=ssh_args,
-                       pair_wait_s=pair_wait_s(limit_s, len(layout), bandwidth, seed),
+                       # the launch's own allowance is not the pairs' to spend
+                       pair_wait_s=pair_wait_s(limit_s - LAUNCH_PER_HOST_S * len(hosts),
+                                               len(layout), bandwidth, seed),
                        seed=seed)
     run = proc.run(argv, limit_s, hopeless=will_hang(len(layout), start_s, seed),
                    grace_s=STOP_GRACE_S)
@@ -281,7 +294,7 @@ def pair_wait_s(timeout_s: float, ranks: int, bandwidth: bool = False, seed: int
     least 1.5 s (a SYN lost once is sent again after 1 s), at most 5 s (twice: after 3 s)."""
     rounds = max(1, len(schedule(ranks, seed)))
     share = timeout_s * PAIR_SHARE / rounds - SKEW_S - slot_measure_s(bandwidth)
-    return round(min(5.0, max(1.5, share)), 1)
+    return round(min(5.0, max(MIN_PAIR_WAIT_S, share)), 1)
 
 
 def will_hang(ranks: int, start_s: float | None = None, seed: int = 0
