@@ -308,7 +308,8 @@ def active_tests(ssh: Ssh, choice: InterfaceChoice, slots: Mapping[str, int], op
                  results: dict[str, list[CheckResult]], say: Say, phases: Phases,
                  facts: Mapping[str, Facts]) -> tuple[InterfaceChoice, dict, dict]:
     """The mesh, MPI (and deep) steps: the network they ran on (another raced one where the
-    mesh failed every host on the first), their MPI measurements, what the mesh sampled."""
+    mesh failed most hosts on the first: verified_mesh), their MPI measurements, what the mesh
+    sampled."""
     names = list(results)
     ready = [n for n in healthy(names, results) if n in choice.names]
     # The probes' sessions of the hosts left out end now; the mesh agents take the others'.

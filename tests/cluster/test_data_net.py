@@ -83,7 +83,7 @@ def test_listed_hosts_get_eth2_on_their_own_switch_without_names(sim):
     root = subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True).stdout
     assert "10.233." not in root and "data-h" not in root and "br1" not in root
     status = "\n".join(sim.status_lines())
-    assert re.search(r"^h2\s.*10\.231\.0\.12\s+up \(pid \d+\) eth2=10\.233\.0\.12/24$", status,
+    assert re.search(r"^h2\s.*10\.231\.0\.12\s+up \(pid \d+\)\s+eth2=10\.233\.0\.12/24$", status,
                      re.M), status
     assert "data-net=h1,h2" in status
 
